@@ -1,0 +1,18 @@
+//! Database migrations for Gantry, one file per migration, for SQLite and PostgreSQL alike.
+//!
+//! Migrations are forward-only. Times are stored as milliseconds since the Unix epoch
+//! (BIGINT) so that queries compare them the same way on both databases and take `now` as a
+//! bound parameter instead of the database clock (tests inject time).
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261128_000001_initial;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261128_000001_initial::Migration)]
+    }
+}

@@ -1,0 +1,23 @@
+//! The event record: one transition of a run, task or attempt as the log keeps it.
+
+use serde::{Deserialize, Serialize};
+
+use super::Entity;
+
+/// A committed event. `seq` is global and increases in commit order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub tenant_id: String,
+    pub run_id: String,
+    pub task_id: Option<String>,
+    pub attempt_id: Option<String>,
+    pub entity: Entity,
+    pub entity_id: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: String,
+    pub node: String,
+    pub details: Option<serde_json::Value>,
+}

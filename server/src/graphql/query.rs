@@ -1,0 +1,258 @@
+//! Queries.
+
+use async_graphql::connection::{Connection, Edge, EmptyFields};
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
+
+use super::types::{
+    Attempt, Event, Pipeline, Queue, Run, Scope, ServerInfo, Task, Tenant, Worker, cursor, page,
+    parse_seq,
+};
+use super::{caller, gql, service};
+use crate::service::{EventFilter, RunFilter};
+
+#[derive(Default)]
+pub struct Query;
+
+/// Filters for `runs`.
+#[derive(InputObject, Default)]
+pub struct RunFilterInput {
+    pub pipeline: Option<ID>,
+    pub tenant: Option<ID>,
+    pub state: Option<super::types::RunState>,
+    #[graphql(name = "ref")]
+    pub git_ref: Option<String>,
+    pub sha: Option<String>,
+}
+
+/// Filters for `events`.
+#[derive(InputObject, Default)]
+pub struct EventFilterInput {
+    pub tenant: Option<ID>,
+    pub pipeline: Option<ID>,
+    pub run: Option<ID>,
+    /// The state entered, as in `Event.to` (e.g. `FAILED`).
+    pub state: Option<String>,
+}
+
+impl From<EventFilterInput> for EventFilter {
+    fn from(f: EventFilterInput) -> Self {
+        EventFilter {
+            tenant: f.tenant.map(|i| i.0),
+            pipeline: f.pipeline.map(|i| i.0),
+            run: f.run.map(|i| i.0),
+            state: f.state.map(|s| s.to_ascii_lowercase()),
+        }
+    }
+}
+
+/// Who is calling.
+#[derive(SimpleObject)]
+pub struct Viewer {
+    pub tenant: Tenant,
+    pub scopes: Vec<Scope>,
+}
+
+/// Current load of one queue.
+#[derive(SimpleObject)]
+pub struct QueueStats {
+    pub queue: String,
+    /// Attempts waiting for a worker now.
+    pub depth: i64,
+}
+
+fn state_name<T: std::fmt::Debug>(s: T) -> String {
+    // Enum variant names are CamelCase; stored states are snake_case.
+    let name = format!("{s:?}");
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+#[Object]
+impl Query {
+    /// The server's version and node.
+    async fn server_info(&self, ctx: &Context<'_>) -> async_graphql::Result<ServerInfo> {
+        Ok(ServerInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            node: service(ctx)?.node().to_owned(),
+        })
+    }
+
+    /// The caller: its tenant and scopes.
+    async fn viewer(&self, ctx: &Context<'_>) -> async_graphql::Result<Viewer> {
+        let c = caller(ctx)?;
+        let s = service(ctx)?;
+        let tenant = s.tenant(c, &c.tenant_id.to_string()).await.map_err(gql)?;
+        Ok(Viewer {
+            tenant: Tenant(tenant),
+            scopes: c.scopes.iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn tenants(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Tenant>> {
+        let s = service(ctx)?;
+        Ok(s.tenants(caller(ctx)?)
+            .await
+            .map_err(gql)?
+            .into_iter()
+            .map(Tenant)
+            .collect())
+    }
+
+    async fn pipelines(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, Pipeline, EmptyFields, EmptyFields>> {
+        let s = service(ctx)?;
+        let p = page(first, after)?;
+        let all = s.pipelines(caller(ctx)?).await.map_err(gql)?;
+        let size = p.first.unwrap_or(50).clamp(1, s.config().max_page_size);
+        let start = match &p.after {
+            Some(id) => all
+                .iter()
+                .position(|x| &x.id == id)
+                .map(|i| i + 1)
+                .unwrap_or(all.len()),
+            None => 0,
+        };
+        let rest: Vec<_> = all.into_iter().skip(start).collect();
+        let more = rest.len() > size;
+        let mut conn = Connection::new(start > 0, more);
+        conn.edges.extend(
+            rest.into_iter()
+                .take(size)
+                .map(|m| Edge::new(cursor(&m.id), Pipeline(m))),
+        );
+        Ok(conn)
+    }
+
+    async fn pipeline(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Pipeline> {
+        let s = service(ctx)?;
+        s.pipeline(caller(ctx)?, &id)
+            .await
+            .map(Pipeline)
+            .map_err(gql)
+    }
+
+    /// Runs, newest first.
+    async fn runs(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<RunFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, Run, EmptyFields, EmptyFields>> {
+        let s = service(ctx)?;
+        let p = page(first, after)?;
+        let f = filter.unwrap_or_default();
+        let has_prev = p.after.is_some();
+        let (rows, more) = s
+            .runs(
+                caller(ctx)?,
+                RunFilter {
+                    pipeline: f.pipeline.map(|i| i.0),
+                    tenant: f.tenant.map(|i| i.0),
+                    state: f.state.map(state_name),
+                    git_ref: f.git_ref,
+                    sha: f.sha,
+                },
+                p,
+            )
+            .await
+            .map_err(gql)?;
+        let mut conn = Connection::new(has_prev, more);
+        conn.edges
+            .extend(rows.into_iter().map(|m| Edge::new(cursor(&m.id), Run(m))));
+        Ok(conn)
+    }
+
+    async fn run(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Run> {
+        let s = service(ctx)?;
+        s.run(caller(ctx)?, &id).await.map(Run).map_err(gql)
+    }
+
+    async fn task(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Task> {
+        let s = service(ctx)?;
+        s.task(caller(ctx)?, &id).await.map(Task).map_err(gql)
+    }
+
+    async fn attempt(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Attempt> {
+        let s = service(ctx)?;
+        s.attempt(caller(ctx)?, &id).await.map(Attempt).map_err(gql)
+    }
+
+    async fn workers(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Worker>> {
+        let s = service(ctx)?;
+        Ok(s.workers(caller(ctx)?)
+            .await
+            .map_err(gql)?
+            .into_iter()
+            .map(Worker)
+            .collect())
+    }
+
+    /// Every queue with attempts, and how many wait in it.
+    async fn queues(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Queue>> {
+        let s = service(ctx)?;
+        Ok(s.queues(caller(ctx)?)
+            .await
+            .map_err(gql)?
+            .into_iter()
+            .map(|(name, depth)| Queue { name, depth })
+            .collect())
+    }
+
+    /// Load of one queue.
+    async fn queue_stats(
+        &self,
+        ctx: &Context<'_>,
+        queue: String,
+        #[graphql(desc = "Start of the window (unused until per-second buckets are kept).")] since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> async_graphql::Result<QueueStats> {
+        let _ = since;
+        let s = service(ctx)?;
+        let depth = s
+            .queues(caller(ctx)?)
+            .await
+            .map_err(gql)?
+            .into_iter()
+            .find(|(q, _)| *q == queue)
+            .map(|(_, d)| d)
+            .unwrap_or(0);
+        Ok(QueueStats { queue, depth })
+    }
+
+    /// The event log after `after` (a seq), oldest first.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+        first: Option<i32>,
+        filter: Option<EventFilterInput>,
+    ) -> async_graphql::Result<Connection<String, Event, EmptyFields, EmptyFields>> {
+        let s = service(ctx)?;
+        let after_seq = parse_seq(after.as_deref())?;
+        let (rows, more) = s
+            .events(
+                caller(ctx)?,
+                filter.unwrap_or_default().into(),
+                after_seq,
+                first.map(|f| f.max(1) as usize),
+            )
+            .await
+            .map_err(gql)?;
+        let mut conn = Connection::new(after_seq > 0, more);
+        conn.edges.extend(
+            rows.into_iter()
+                .map(|e| Edge::new(e.seq.to_string(), Event(e))),
+        );
+        Ok(conn)
+    }
+}

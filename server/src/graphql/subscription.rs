@@ -1,0 +1,158 @@
+//! Subscriptions: a run's events (replayed from `after`, then live) and an attempt's log.
+//!
+//! Replay and live are joined without a gap or a duplicate: the live feed is subscribed
+//! before the log is read, and live events at or below the last replayed `seq` are
+//! dropped.
+
+use async_graphql::{Context, ID, Subscription};
+use futures::Stream;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::types::{Event, LogChunk, parse_seq};
+use super::{caller, gql, service};
+use crate::domain::{Entity, RunState};
+use crate::service::ServiceError;
+
+#[derive(Default)]
+pub struct Subscription;
+
+fn live_chunk(l: &crate::events::LogRecord) -> LogChunk {
+    LogChunk(crate::store::entity::log_chunk::Model {
+        id: 0,
+        attempt_id: l.attempt_id.clone(),
+        byte_offset: l.offset,
+        stream: l.stream.clone(),
+        data: l.data.clone(),
+        created_at: 0,
+    })
+}
+
+fn is_run_end(e: &crate::domain::EventRecord) -> bool {
+    e.entity == Entity::Run
+        && e.to
+            .parse::<RunState>()
+            .map(|s| s.is_terminal())
+            .unwrap_or(false)
+}
+
+#[Subscription]
+impl Subscription {
+    /// Every event of a run after `after` (a seq): first those already in the log, then
+    /// live ones. Ends after the run's terminal event.
+    async fn run_events(
+        &self,
+        ctx: &Context<'_>,
+        run: ID,
+        after: Option<String>,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Event>>> {
+        let s = service(ctx)?.clone();
+        let c = caller(ctx)?.clone();
+        let mut last = parse_seq(after.as_deref())?;
+        s.run(&c, &run).await.map_err(gql)?;
+        let run_id = run.0;
+        let mut live = s.bus().subscribe();
+        Ok(async_stream::stream! {
+            loop {
+                let batch = match s.events_of_run(&run_id, last, 1000).await {
+                    Ok(b) => b,
+                    Err(e) => { yield Err(gql(e)); return; }
+                };
+                let done = batch.len() < 1000;
+                for e in batch {
+                    last = e.seq;
+                    let end = is_run_end(&e);
+                    yield Ok(Event(e));
+                    if end { return; }
+                }
+                if done { break; }
+            }
+            loop {
+                match live.recv().await {
+                    Ok(e) if e.run_id == run_id && e.seq > last => {
+                        last = e.seq;
+                        let end = is_run_end(&e);
+                        yield Ok(Event((*e).clone()));
+                        if end { return; }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => {
+                        yield Err(gql(ServiceError::Conflict(format!(
+                            "subscriber fell behind; resume with after: \"{last}\""
+                        ))));
+                        return;
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+
+    /// An attempt's log from byte `fromOffset`: what was written before, then live output.
+    /// Ends when the attempt has finished and its log is fully sent.
+    async fn attempt_log(
+        &self,
+        ctx: &Context<'_>,
+        attempt: ID,
+        #[graphql(default)] from_offset: i64,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<LogChunk>>> {
+        let s = service(ctx)?.clone();
+        let c = caller(ctx)?.clone();
+        s.attempt(&c, &attempt).await.map_err(gql)?;
+        let attempt_id = attempt.0;
+        let mut live = s.bus().subscribe_logs();
+        let mut events = s.bus().subscribe();
+        Ok(async_stream::stream! {
+            let mut next = from_offset.max(0);
+            let stored = match s.log_of_attempt(&c, &attempt_id, 0).await {
+                Ok(chunks) => chunks,
+                Err(e) => { yield Err(gql(e)); return; }
+            };
+            for chunk in stored {
+                if chunk.byte_offset + chunk.data.len() as i64 <= next {
+                    continue;
+                }
+                next = chunk.byte_offset + chunk.data.len() as i64;
+                yield Ok(LogChunk(chunk));
+            }
+            let finished = |s: &str| s.parse::<crate::domain::AttemptState>().map(|s| s.is_terminal()).unwrap_or(false);
+            match s.attempt(&c, &attempt_id).await {
+                Ok(a) if finished(&a.state) && a.log_bytes <= next => return,
+                Ok(_) => {}
+                Err(e) => { yield Err(gql(e)); return; }
+            }
+            loop {
+                tokio::select! {
+                    l = live.recv() => match l {
+                        Ok(l) if l.attempt_id == attempt_id && l.offset >= next => {
+                            next = l.offset + l.data.len() as i64;
+                            yield Ok(live_chunk(&l));
+                        }
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(_)) => {
+                            yield Err(gql(ServiceError::Conflict(format!(
+                                "subscriber fell behind; resume with fromOffset: {next}"
+                            ))));
+                            return;
+                        }
+                        Err(RecvError::Closed) => return,
+                    },
+                    e = events.recv() => match e {
+                        // The completion commits the last output before its events.
+                        Ok(e) if e.attempt_id.as_deref() == Some(attempt_id.as_str())
+                            && e.entity == Entity::Attempt && finished(&e.to) => {
+                            while let Ok(l) = live.try_recv() {
+                                if l.attempt_id == attempt_id && l.offset >= next {
+                                    next = l.offset + l.data.len() as i64;
+                                    yield Ok(live_chunk(&l));
+                                }
+                            }
+                            return;
+                        }
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    },
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,135 @@
+//! The HTTP surface: `/graphql` (POST and WebSocket), `/graphiql`, `/healthz`, `/readyz`,
+//! and the dashboard's static files at `/`.
+//!
+//! Handlers authenticate the request and hand it to GraphQL or the service; they hold no
+//! rules of their own.
+
+use std::path::PathBuf;
+
+use async_graphql::Data;
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tower_http::services::{ServeDir, ServeFile};
+
+use crate::graphql::{Auth, AuthFailure, GantrySchema};
+use crate::service::{Service, ServiceError};
+
+/// Largest request body accepted (a pipeline file is at most 1 MiB).
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub schema: GantrySchema,
+    pub service: Service,
+}
+
+/// Builds the router. `web_dir` holds the built dashboard (`index.html` and the WASM).
+pub fn router(state: AppState, web_dir: PathBuf) -> Router {
+    let index = web_dir.join("index.html");
+    let web = ServeDir::new(&web_dir).fallback(ServeFile::new(index));
+    Router::new()
+        .route("/graphql", get(graphql_ws).post(graphql_post))
+        .route("/graphiql", get(graphiql))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback_service(web)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+fn bearer(value: Option<&str>) -> Option<&str> {
+    let v = value?.trim();
+    v.strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+async fn authenticate(service: &Service, token: Option<&str>) -> Auth {
+    if token.is_none() {
+        return Auth(Err(AuthFailure::Missing));
+    }
+    Auth(match service.authenticate(token).await {
+        Ok(caller) => Ok(caller),
+        Err(ServiceError::Unavailable(_)) => Err(AuthFailure::Unavailable),
+        Err(ServiceError::Internal(cause)) => {
+            tracing::error!(cause = %cause, "authentication failed");
+            Err(AuthFailure::Unavailable)
+        }
+        Err(_) => Err(AuthFailure::Invalid),
+    })
+}
+
+async fn graphql_post(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    req: GraphQLRequest,
+) -> GraphQLResponse {
+    let token = bearer(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let auth = authenticate(&app.service, token).await;
+    app.schema.execute(req.into_inner().data(auth)).await.into()
+}
+
+async fn graphql_ws(
+    State(app): State<AppState>,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |stream| {
+            let service = app.service.clone();
+            GraphQLWebSocket::new(stream, app.schema.clone(), protocol)
+                .on_connection_init(move |payload| async move {
+                    let header = payload
+                        .get("Authorization")
+                        .or_else(|| payload.get("authorization"))
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned);
+                    let auth = authenticate(&service, bearer(header.as_deref())).await;
+                    let mut data = Data::default();
+                    data.insert(auth);
+                    Ok(data)
+                })
+                .serve()
+        })
+}
+
+async fn graphiql() -> impl IntoResponse {
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql")
+            .finish(),
+    )
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    match app.service.store().ready().await {
+        Ok(true) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Ok(false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "migrations pending" })),
+        )
+            .into_response(),
+        Err(err) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "database unreachable", "error": err.to_string() })),
+        )
+            .into_response(),
+    }
+}

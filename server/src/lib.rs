@@ -1,0 +1,25 @@
+//! Gantry: a CI/CD orchestrator. A commit comes in; Gantry plans its pipeline file into a
+//! DAG of tasks, schedules them fairly, dispatches each attempt to exactly one worker,
+//! retries what fails, and streams every transition.
+//!
+//! Layout (dependencies point down the list, never up):
+//! - `http`, `graphql` — the API surfaces; thin, they call `service`.
+//! - `scheduler`, `dispatch`, `reconciler` — background services over `service`.
+//! - `service` — use cases and authorization.
+//! - `store` — persistence by compare-and-set; `events` — the bus and wake-ups.
+//! - `executor`, `agent` — running an attempt on a machine, locally or remotely.
+//! - `pipeline` — the file format; `domain` — pure rules; `clock` — injectable time.
+
+pub mod agent;
+pub mod app;
+pub mod clock;
+pub mod dispatch;
+pub mod domain;
+pub mod events;
+pub mod executor;
+pub mod graphql;
+pub mod http;
+pub mod pipeline;
+pub mod scheduler;
+pub mod service;
+pub mod store;

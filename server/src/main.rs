@@ -1,0 +1,256 @@
+//! The `gantry` command: `serve`, `agent`, `migrate`, `validate`, `schema`, `trigger`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use gantry::app::{Node, NodeConfig};
+use gantry::executor::Sandbox;
+use gantry::store::Durability;
+
+/// Gantry: a CI/CD orchestrator.
+#[derive(Parser)]
+#[command(name = "gantry", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a server node: API, dashboard, scheduler and in-process workers.
+    Serve(ServeArgs),
+    /// Runs a remote worker that leases attempts from a server.
+    Agent(gantry::agent::AgentArgs),
+    /// Applies database migrations and exits.
+    Migrate(DbArgs),
+    /// Validates a pipeline file and prints its DAG, or its errors (exit code 1).
+    Validate {
+        /// The pipeline file.
+        file: PathBuf,
+    },
+    /// Prints the GraphQL schema (SDL).
+    Schema,
+}
+
+#[derive(clap::Args, Clone)]
+struct DbArgs {
+    /// Directory of the embedded SQLite database, workspaces and artifacts.
+    #[arg(long, env = "GANTRY_DATA_DIR", default_value = "./gantry-data")]
+    data_dir: PathBuf,
+    /// PostgreSQL URL for scale-out; without it the embedded SQLite database is used.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// SQLite durability: `normal` survives process crashes, `full` power loss too.
+    #[arg(long, env = "GANTRY_DURABILITY", value_enum, default_value = "normal")]
+    durability: Durability,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "GANTRY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    db: DbArgs,
+    /// In-process workers (default: number of cores; 0 for agents only).
+    #[arg(long, env = "GANTRY_WORKERS")]
+    workers: Option<usize>,
+    /// Queues the in-process workers serve.
+    #[arg(
+        long = "queue",
+        env = "GANTRY_QUEUES",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    queues: Vec<String>,
+    /// Directory of the built dashboard.
+    #[arg(long, env = "GANTRY_WEB_DIR", default_value = "web/dist")]
+    web_dir: PathBuf,
+    /// Name of this node in events and worker names (default: host name and pid).
+    #[arg(long, env = "GANTRY_NODE")]
+    node: Option<String>,
+    /// Bootstrap admin token; without it one is generated at the first start and printed.
+    #[arg(long, env = "GANTRY_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Sandbox for steps of in-process workers: `none` or `bwrap`.
+    #[arg(long, env = "GANTRY_SANDBOX", value_enum, default_value = "none")]
+    sandbox: SandboxArg,
+    /// Seconds between SIGTERM and SIGKILL when a step is stopped.
+    #[arg(long, env = "GANTRY_KILL_GRACE_SECS", default_value_t = 10)]
+    kill_grace_secs: u64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SandboxArg {
+    None,
+    Bwrap,
+}
+
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "node".into());
+    format!("{host}-{}", std::process::id())
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sea_orm=warn,sqlx=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Schema => {
+            print!("{}", gantry::graphql::sdl());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { file } => validate(&file),
+        Command::Migrate(db) => {
+            init_tracing();
+            let config = node_config_for_db(&db);
+            gantry::app::open_store(&config).await.context("migrate")?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agent(args) => {
+            init_tracing();
+            gantry::agent::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(args) => {
+            init_tracing();
+            serve(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn node_config_for_db(db: &DbArgs) -> NodeConfig {
+    NodeConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: db.data_dir.clone(),
+        database_url: db.database_url.clone(),
+        durability: db.durability,
+        workers: 0,
+        queues: Vec::new(),
+        web_dir: PathBuf::new(),
+        node: node_name(),
+        admin_token: None,
+        sandbox: Sandbox::None,
+        kill_grace: Duration::from_secs(10),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = NodeConfig {
+        listen: args.listen,
+        data_dir: args.db.data_dir,
+        database_url: args.db.database_url,
+        durability: args.db.durability,
+        workers: args.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }),
+        queues: args.queues,
+        web_dir: args.web_dir,
+        node: args.node.unwrap_or_else(node_name),
+        admin_token: args.admin_token,
+        sandbox: match args.sandbox {
+            SandboxArg::None => Sandbox::None,
+            SandboxArg::Bwrap => Sandbox::Bwrap,
+        },
+        kill_grace: Duration::from_secs(args.kill_grace_secs),
+    };
+    let node = Node::start(config).await.context("start")?;
+    tracing::info!(addr = %node.addr, node = %node.service.node(), "gantry serving");
+    if let Some(token) = &node.generated_token {
+        // Printed once, like a notebook server's login URL: it is not stored in clear.
+        println!("Admin token (shown once): {token}");
+        println!("Dashboard: http://{}/#token={token}", node.addr);
+    }
+    println!("Listening on http://{}", node.addr);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn validate(path: &PathBuf) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    match gantry::pipeline::parse(&text) {
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{}:{e}", path.display());
+            }
+            Ok(ExitCode::from(1))
+        }
+        Ok(file) => {
+            let ctx = gantry::pipeline::PlanContext {
+                repository: ".".into(),
+                sha: "HEAD".into(),
+                r#ref: "refs/heads/main".into(),
+                run_number: 1,
+            };
+            let tasks = match gantry::pipeline::plan(&file, &ctx) {
+                Ok(t) => t,
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("{}:{e}", path.display());
+                    }
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            println!(
+                "pipeline {}: {} tasks",
+                file.name.as_deref().unwrap_or("(unnamed)"),
+                tasks.len()
+            );
+            for t in &tasks {
+                let needs = if t.needs.is_empty() {
+                    String::new()
+                } else {
+                    format!(" <- {}", t.needs.join(", "))
+                };
+                println!("  {} [queue: {}]{needs}", t.name, t.queue);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

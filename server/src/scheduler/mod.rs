@@ -1,0 +1,69 @@
+//! The scheduler's timed work: retries whose backoff has passed move into their queue.
+//!
+//! Readiness itself needs no loop — the transaction that finishes a task makes its
+//! dependents ready — so this service only wakes for time: at the earliest due retry, or
+//! when a commit schedules a new one.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::instrument;
+
+use crate::service::{Service, ServiceError};
+
+/// Tunables of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Retries promoted per transaction.
+    pub batch: u64,
+    /// Longest sleep between looks, should a wake-up be missed (e.g. from another node).
+    pub max_idle: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            batch: 500,
+            max_idle: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One pass: promotes due retries; returns how many moved.
+#[instrument(skip_all)]
+pub async fn run_once(service: &Service, config: &SchedulerConfig) -> Result<usize, ServiceError> {
+    let mut total = 0;
+    loop {
+        let moved = service.promote_due_retries(config.batch).await?;
+        total += moved;
+        if (moved as u64) < config.batch {
+            break;
+        }
+    }
+    if total > 0 {
+        tracing::debug!(promoted = total, "retries promoted");
+    }
+    Ok(total)
+}
+
+/// Runs until `shutdown` fires.
+pub async fn run(service: Service, config: SchedulerConfig, shutdown: CancellationToken) {
+    let wake = service.wakeups().scheduler();
+    loop {
+        if let Err(e) = run_once(&service, &config).await {
+            tracing::warn!(error = %e, "scheduler pass failed");
+        }
+        let sleep = match service.next_retry_due().await {
+            Ok(Some(due)) => {
+                let ms = (due - service.now_ms()).clamp(0, config.max_idle.as_millis() as i64);
+                Duration::from_millis(ms as u64)
+            }
+            _ => config.max_idle,
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}

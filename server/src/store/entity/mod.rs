@@ -1,0 +1,15 @@
+//! sea-orm entities, one per table. They mirror `gantry-migrations` exactly; the
+//! repository functions in `store` are the only code that uses them.
+
+pub mod api_token;
+pub mod artifact;
+pub mod attempt;
+pub mod cache_entry;
+pub mod event;
+pub mod lease;
+pub mod log_chunk;
+pub mod pipeline;
+pub mod run;
+pub mod task;
+pub mod tenant;
+pub mod worker;

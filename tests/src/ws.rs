@@ -1,0 +1,84 @@
+//! A real WebSocket GraphQL client (`graphql-transport-ws`) for subscription tests.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::{ADMIN_TOKEN, Server};
+
+/// Subscribes with `query` and collects the payloads until the server completes the
+/// subscription (or `within` passes, which fails the test).
+pub async fn subscribe(
+    server: &Server,
+    token: &str,
+    query: &str,
+    variables: Value,
+    within: Duration,
+) -> Vec<Value> {
+    let url = format!("ws://{}/graphql", server.addr());
+    let mut req = url.into_client_request().expect("ws request");
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().expect("header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("ws connect");
+    ws.send(Message::text(
+        json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } }).to_string(),
+    ))
+    .await
+    .expect("send init");
+    ws.send(Message::text(
+        json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": variables } }).to_string(),
+    ))
+    .await
+    .expect("send subscribe");
+    let mut out = Vec::new();
+    let collect = async {
+        while let Some(msg) = ws.next().await {
+            let msg = msg.expect("ws message");
+            let Message::Text(text) = msg else { continue };
+            let v: Value = serde_json::from_str(&text).expect("json message");
+            match v["type"].as_str() {
+                Some("next") => {
+                    assert!(
+                        v["payload"].get("errors").is_none(),
+                        "subscription error: {v}"
+                    );
+                    out.push(v["payload"]["data"].clone());
+                }
+                Some("complete") => return,
+                Some("error") => panic!("subscription refused: {v}"),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, collect)
+        .await
+        .expect("subscription did not complete in time");
+    out
+}
+
+/// The events of a run from `after`, until its terminal event.
+pub async fn run_events(
+    server: &Server,
+    run: &str,
+    after: Option<&str>,
+    within: Duration,
+) -> Vec<Value> {
+    subscribe(
+        server,
+        ADMIN_TOKEN,
+        "subscription($r: ID!, $a: String) { runEvents(run: $r, after: $a) { seq entity entityId task from to reason } }",
+        json!({ "r": run, "a": after }),
+        within,
+    )
+    .await
+    .into_iter()
+    .map(|d| d["runEvents"].clone())
+    .collect()
+}
