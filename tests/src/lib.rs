@@ -349,8 +349,14 @@ impl Server {
     /// Waits until the run is in a terminal state, following its event stream (no polling
     /// sleeps): the `runEvents` subscription ends with the run's terminal event.
     pub async fn wait_run(&self, id: &str, within: Duration) -> Value {
+        self.wait_run_after(id, None, within).await
+    }
+
+    /// Like [`Server::wait_run`], for the next terminal event after `seq` (a run that was
+    /// reopened by a manual retry ends again).
+    pub async fn wait_run_after(&self, id: &str, after: Option<&str>, within: Duration) -> Value {
         let deadline = Instant::now() + within;
-        let events = crate::ws::run_events(self, id, None, within).await;
+        let events = crate::ws::run_events(self, id, after, within).await;
         let last = events.last().cloned().unwrap_or(Value::Null);
         assert_eq!(
             last["entity"], "RUN",

@@ -82,3 +82,90 @@ pub async fn run_events(
     .map(|d| d["runEvents"].clone())
     .collect()
 }
+
+/// Subscribes with `query` and returns the first payload for which `pred` holds, without
+/// waiting for the subscription to end (fails the test after `within`).
+pub async fn first_match(
+    server: &Server,
+    query: &str,
+    variables: Value,
+    within: Duration,
+    mut pred: impl FnMut(&Value) -> bool,
+) -> Value {
+    let url = format!("ws://{}/graphql", server.addr());
+    let mut req = url.into_client_request().expect("ws request");
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().expect("header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("ws connect");
+    ws.send(Message::text(
+        json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {ADMIN_TOKEN}") } }).to_string(),
+    ))
+    .await
+    .expect("send init");
+    ws.send(Message::text(
+        json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": variables } }).to_string(),
+    ))
+    .await
+    .expect("send subscribe");
+    let found = async {
+        while let Some(msg) = ws.next().await {
+            let Message::Text(text) = msg.expect("ws message") else {
+                continue;
+            };
+            let v: Value = serde_json::from_str(&text).expect("json message");
+            match v["type"].as_str() {
+                Some("next") => {
+                    let data = v["payload"]["data"].clone();
+                    if pred(&data) {
+                        return data;
+                    }
+                }
+                Some("complete") => panic!("subscription ended without a match"),
+                Some("error") => panic!("subscription refused: {v}"),
+                _ => {}
+            }
+        }
+        panic!("connection closed without a match");
+    };
+    tokio::time::timeout(within, found)
+        .await
+        .expect("no match in time")
+}
+
+/// Waits for the first event of `run` matching `pred` (replaying from the start).
+pub async fn wait_event(
+    server: &Server,
+    run: &str,
+    within: Duration,
+    mut pred: impl FnMut(&Value) -> bool,
+) -> Value {
+    first_match(
+        server,
+        "subscription($r: ID!) { runEvents(run: $r) { seq entity entityId task attempt from to reason } }",
+        json!({ "r": run }),
+        within,
+        |d| pred(&d["runEvents"]),
+    )
+    .await["runEvents"]
+        .clone()
+}
+
+/// Waits until the log of `attempt` contains `needle`.
+pub async fn wait_log(server: &Server, attempt: &str, needle: &str, within: Duration) {
+    let mut seen = String::new();
+    first_match(
+        server,
+        "subscription($a: ID!) { attemptLog(attempt: $a) { offset data } }",
+        json!({ "a": attempt }),
+        within,
+        |d| {
+            seen.push_str(d["attemptLog"]["data"].as_str().unwrap_or_default());
+            seen.contains(needle)
+        },
+    )
+    .await;
+}
