@@ -16,6 +16,7 @@ use crate::executor::Sandbox;
 use crate::executor::runner::RunnerConfig;
 use crate::graphql::build_schema;
 use crate::http::{AppState, router};
+use crate::reconciler::{self, ReconcilerConfig};
 use crate::scheduler::{self, SchedulerConfig};
 use crate::service::{Caller, Service, ServiceConfig};
 use crate::store::{Durability, Store};
@@ -34,6 +35,10 @@ pub struct NodeConfig {
     pub admin_token: Option<String>,
     pub sandbox: Sandbox,
     pub kill_grace: Duration,
+    /// On SIGTERM, how long running attempts may take to finish before they are handed
+    /// back (`lost`, then retried elsewhere).
+    pub shutdown_grace: Duration,
+    pub reconciler: ReconcilerConfig,
 }
 
 /// A started node.
@@ -149,6 +154,11 @@ impl Node {
         let s = service.clone();
         tasks.spawn(async move { scheduler::run(s, SchedulerConfig::default(), stop).await });
 
+        let stop = shutdown.clone();
+        let s = service.clone();
+        let rc = config.reconciler.clone();
+        tasks.spawn(async move { reconciler::run(s, rc, stop).await });
+
         if config.workers > 0 {
             let pool = PoolConfig {
                 workers: config.workers,
@@ -159,6 +169,7 @@ impl Node {
                     kill_grace: config.kill_grace,
                     ..RunnerConfig::default()
                 },
+                shutdown_grace: config.shutdown_grace,
             };
             let stop = shutdown.clone();
             let s = service.clone();

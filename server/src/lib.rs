@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod bench;
 pub mod clock;
 pub mod dispatch;
 pub mod domain;
@@ -20,6 +21,7 @@ pub mod executor;
 pub mod graphql;
 pub mod http;
 pub mod pipeline;
+pub mod reconciler;
 pub mod scheduler;
 pub mod service;
 pub mod store;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 use gantry::app::{Node, NodeConfig};
 use gantry::executor::Sandbox;
+use gantry::reconciler::ReconcilerConfig;
 use gantry::store::Durability;
 
 /// Gantry: a CI/CD orchestrator.
@@ -35,6 +36,8 @@ enum Command {
     },
     /// Prints the GraphQL schema (SDL).
     Schema,
+    /// Runs the standard workloads against an in-process server and prints figures.
+    Bench(gantry::bench::BenchArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -83,6 +86,12 @@ struct ServeArgs {
     /// Seconds between SIGTERM and SIGKILL when a step is stopped.
     #[arg(long, env = "GANTRY_KILL_GRACE_SECS", default_value_t = 10)]
     kill_grace_secs: u64,
+    /// On SIGTERM, seconds running attempts may take to finish before they are handed back.
+    #[arg(long, env = "GANTRY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    shutdown_grace_secs: u64,
+    /// Seconds without a heartbeat after which a worker (and its attempts) is lost.
+    #[arg(long, env = "GANTRY_LOST_AFTER_SECS", default_value_t = 10)]
+    lost_after_secs: u64,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -133,6 +142,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(args) => {
+            print!("{}", gantry::bench::run(args).await?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Agent(args) => {
             init_tracing();
             gantry::agent::run(args).await?;
@@ -159,6 +172,8 @@ fn node_config_for_db(db: &DbArgs) -> NodeConfig {
         admin_token: None,
         sandbox: Sandbox::None,
         kill_grace: Duration::from_secs(10),
+        shutdown_grace: Duration::from_secs(30),
+        reconciler: ReconcilerConfig::default(),
     }
 }
 
@@ -182,7 +197,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             SandboxArg::Bwrap => Sandbox::Bwrap,
         },
         kill_grace: Duration::from_secs(args.kill_grace_secs),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        reconciler: ReconcilerConfig {
+            lost_after: Duration::from_secs(args.lost_after_secs),
+            ..ReconcilerConfig::default()
+        },
     };
+    config.reconciler.validate().map_err(anyhow::Error::msg)?;
     let node = Node::start(config).await.context("start")?;
     tracing::info!(addr = %node.addr, node = %node.service.node(), "gantry serving");
     if let Some(token) = &node.generated_token {

@@ -151,6 +151,8 @@ pub struct ServerOptions {
     pub queues: Vec<String>,
     pub kill_grace_secs: u64,
     pub extra_env: Vec<(String, String)>,
+    /// More `gantry serve` arguments.
+    pub extra_args: Vec<String>,
 }
 
 impl ServerOptions {
@@ -161,6 +163,7 @@ impl ServerOptions {
             queues: vec!["default".into()],
             kill_grace_secs: 1,
             extra_env: Vec::new(),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -225,6 +228,7 @@ impl Server {
         for (k, v) in &self.options.extra_env {
             cmd.env(k, v);
         }
+        cmd.args(&self.options.extra_args);
         let mut child = cmd.spawn().expect("spawn gantry serve");
         let stdout = child.stdout.take().expect("BUG: stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
@@ -414,4 +418,45 @@ pub fn git_repo(files: &[(&str, &str)]) -> (tempfile::TempDir, String) {
     git(&["commit", "-q", "-m", "init"]);
     let sha = git(&["rev-parse", "HEAD"]);
     (dir, sha)
+}
+
+/// A `gantry agent` process.
+pub struct Agent {
+    pub child: Child,
+    _workspace: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts an agent serving `queues` of `server` with the admin token.
+    pub fn start(server_url: &str, name: &str, queues: &[&str]) -> Agent {
+        let workspace = tempfile::tempdir().expect("temp dir");
+        let child = Command::new(gantry_bin())
+            .args([
+                "agent",
+                "--server",
+                server_url,
+                "--token",
+                ADMIN_TOKEN,
+                "--name",
+                name,
+            ])
+            .arg("--queue")
+            .arg(queues.join(","))
+            .arg("--workspace")
+            .arg(workspace.path())
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn gantry agent");
+        Agent {
+            child,
+            _workspace: workspace,
+        }
+    }
+
+    /// SIGKILL.
+    pub async fn kill9(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
 }

@@ -41,6 +41,9 @@ pub struct AgentArgs {
     /// Run steps inside bubblewrap.
     #[arg(long, value_enum, default_value = "none")]
     pub sandbox: AgentSandbox,
+    /// On SIGTERM, seconds a running attempt may take to finish before it is handed back.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -272,9 +275,23 @@ pub async fn run_until(args: AgentArgs, shutdown: CancellationToken) -> Result<(
             Ok(Some(job)) => {
                 backoff = Duration::from_millis(200);
                 let attempt_id = job.attempt_id.clone();
-                if let Err(e) =
-                    runner::run_job(&client, job, &config, CancellationToken::new()).await
-                {
+                // Draining: after shutdown begins, the attempt has the grace period.
+                let handback = CancellationToken::new();
+                let grace = Duration::from_secs(args.shutdown_grace_secs);
+                let watch = {
+                    let handback = handback.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        shutdown.cancelled().await;
+                        tokio::time::sleep(grace).await;
+                        handback.cancel();
+                    })
+                };
+                let result =
+                    runner::run_job(&client, job, &config, CancellationToken::new(), handback)
+                        .await;
+                watch.abort();
+                if let Err(e) = result {
                     tracing::warn!(attempt_id = %attempt_id, error = %e, "attempt could not be reported");
                 }
             }

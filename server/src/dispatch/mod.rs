@@ -26,6 +26,9 @@ pub struct PoolConfig {
     /// Queues served.
     pub queues: Vec<String>,
     pub runner: RunnerConfig,
+    /// After shutdown begins, how long running attempts may take before they are handed
+    /// back.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for PoolConfig {
@@ -36,6 +39,7 @@ impl Default for PoolConfig {
                 .unwrap_or(2),
             queues: vec!["default".into()],
             runner: RunnerConfig::default(),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -118,6 +122,7 @@ pub async fn run(
     config: PoolConfig,
     shutdown: CancellationToken,
 ) {
+    let handback = CancellationToken::new();
     let running: Running = Arc::default();
     let mut workers = JoinSet::new();
     // Cancel signals from the service reach the attempt's executor at once.
@@ -147,10 +152,24 @@ pub async fn run(
         let config = config.clone();
         let shutdown = shutdown.clone();
         let running = running.clone();
+        let handback = handback.clone();
         let span = tracing::info_span!("worker", n);
-        workers.spawn(worker(service, caller, config, shutdown, running, n).instrument(span));
+        workers.spawn(
+            worker(service, caller, config, shutdown, handback, running, n).instrument(span),
+        );
     }
-    while workers.join_next().await.is_some() {}
+    shutdown.cancelled().await;
+    let grace = tokio::time::sleep(config.shutdown_grace);
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            joined = workers.join_next() => if joined.is_none() { break },
+            _ = &mut grace, if !handback.is_cancelled() => {
+                tracing::warn!("shutdown grace period over: handing running attempts back");
+                handback.cancel();
+            }
+        }
+    }
 }
 
 async fn worker(
@@ -158,6 +177,7 @@ async fn worker(
     caller: Caller,
     config: PoolConfig,
     shutdown: CancellationToken,
+    handback: CancellationToken,
     running: Running,
     n: usize,
 ) {
@@ -215,7 +235,7 @@ async fn worker(
             .unwrap_or_else(|p| p.into_inner())
             .insert(job.attempt_id.clone(), stop.clone());
         let attempt_id = job.attempt_id.clone();
-        let result = runner::run_job(&link, job, &config.runner, stop)
+        let result = runner::run_job(&link, job, &config.runner, stop, handback.clone())
             .instrument(
                 tracing::info_span!("attempt", attempt_id = %attempt_id, run_id = %leased.run.id),
             )

@@ -186,12 +186,15 @@ fn report(outcome: &Outcome) -> Report {
 }
 
 /// Runs `job` to its end and reports it. `stop` cancels it from this side (the pool's
-/// cancel signals); the heartbeat reply cancels it from the server's.
+/// cancel signals); the heartbeat reply cancels it from the server's. `handback` stops it
+/// because this worker is shutting down: it is then reported `lost`, so that the policy
+/// retries it on another worker.
 pub async fn run_job<L: WorkerLink + ?Sized>(
     link: &L,
     job: Job,
     cfg: &RunnerConfig,
     stop: CancellationToken,
+    handback: CancellationToken,
 ) -> Result<Report, LinkError> {
     let spec = exec_spec(&job, cfg);
     let (tx, mut rx) = mpsc::channel::<LogChunk>(1024);
@@ -207,6 +210,7 @@ pub async fn run_job<L: WorkerLink + ?Sized>(
     let result = loop {
         tokio::select! {
             res = &mut exec => break res,
+            _ = handback.cancelled(), if !cancel.is_cancelled() => cancel.cancel(),
             Some(chunk) = rx.recv() => pending.push(OutputPiece { stream: stream_name(chunk.stream), data: chunk.data }),
             _ = heartbeat.tick() => match link.heartbeat(&job.attempt_id, &job.lease_token).await {
                 Ok(true) => cancel.cancel(),
@@ -233,6 +237,11 @@ pub async fn run_job<L: WorkerLink + ?Sized>(
         return Err(LinkError::Fenced);
     }
     let r = match result {
+        Ok(_) if handback.is_cancelled() => Report {
+            failure: Some(ErrorKind::Lost),
+            exit_code: None,
+            message: "handed back: its worker shut down before it finished".into(),
+        },
         Ok(res) => report(&res.outcome),
         Err(join) => Report {
             failure: Some(ErrorKind::Infra),

@@ -153,7 +153,14 @@ impl Service {
             queues.to_vec()
         };
         let deadline = tokio::time::Instant::now() + wait;
+        let mut touched = tokio::time::Instant::now();
+        self.touch_worker(&worker.id, Some("idle")).await?;
         loop {
+            // A long-polling worker is alive: its liveness is renewed while it waits.
+            if touched.elapsed() >= Duration::from_secs(2) {
+                self.touch_worker(&worker.id, None).await?;
+                touched = tokio::time::Instant::now();
+            }
             let notifiers: Vec<_> = queues.iter().map(|q| self.wakeups().queue(q)).collect();
             let mut waits: Vec<_> = notifiers.iter().map(|n| Box::pin(n.notified())).collect();
             for w in waits.iter_mut() {
@@ -292,6 +299,9 @@ impl Service {
             .one(self.store().db())
             .await?
             .ok_or_else(stale)?;
+        if let Some(w) = &a.worker_id {
+            self.touch_worker(w, Some("busy")).await?;
+        }
         Ok(HeartbeatReply {
             cancel: a.cancel_requested,
             lease_expires_at: expires,
