@@ -153,6 +153,8 @@ pub struct ServerOptions {
     pub extra_env: Vec<(String, String)>,
     /// More `gantry serve` arguments.
     pub extra_args: Vec<String>,
+    /// Use this database instead of a fresh one (PostgreSQL).
+    pub database_url: Option<String>,
 }
 
 impl ServerOptions {
@@ -164,6 +166,7 @@ impl ServerOptions {
             kill_grace_secs: 1,
             extra_env: Vec::new(),
             extra_args: Vec::new(),
+            database_url: None,
         }
     }
 }
@@ -182,11 +185,11 @@ pub struct Server {
 impl Server {
     pub async fn start(options: ServerOptions) -> Server {
         let data_dir = tempfile::tempdir().expect("temp dir");
-        let pg = match options.backend {
-            Backend::Postgres => Some(PgDatabase::create().await),
-            Backend::Sqlite => None,
+        let pg = match (options.backend, &options.database_url) {
+            (Backend::Postgres, None) => Some(PgDatabase::create().await),
+            _ => None,
         };
-        let database_url = pg.as_ref().map(|p| p.url.clone());
+        let database_url = options.database_url.clone().or_else(|| pg.as_ref().map(|p| p.url.clone()));
         let mut server = Server {
             child: None,
             url: String::new(),
@@ -458,5 +461,87 @@ impl Agent {
     pub async fn kill9(&mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+    }
+}
+
+/// A private PostgreSQL server on a free port, for tests that stop and start the
+/// database (never the machine's shared one). Runs as the `postgres` user.
+pub struct PrivatePostgres {
+    pub dir: PathBuf,
+    pub port: u16,
+    bin: PathBuf,
+}
+
+impl PrivatePostgres {
+    /// Initialises and starts a cluster; `None` (with the reason printed) when this
+    /// machine cannot run one.
+    pub fn start() -> Option<PrivatePostgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .find(|p| p.join("initdb").exists());
+        let Some(bin) = bin else {
+            eprintln!("skipping: no PostgreSQL server binaries under /usr/lib/postgresql");
+            return None;
+        };
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+            l.local_addr().ok()?.port()
+        };
+        let dir = std::env::temp_dir().join(format!("gantry-pg-{port}-{:x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let chown = std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
+        if !chown.is_ok_and(|s| s.success()) {
+            eprintln!("skipping: cannot hand a data directory to the postgres user");
+            return None;
+        }
+        let pg = PrivatePostgres { dir, port, bin };
+        let data = pg.dir.join("data");
+        let init = pg.as_postgres(&format!(
+            "{} -D {} -A trust -U postgres >/dev/null",
+            pg.bin.join("initdb").display(),
+            data.display()
+        ));
+        if !init {
+            eprintln!("skipping: initdb failed");
+            return None;
+        }
+        if !pg.ctl("start") {
+            eprintln!("skipping: the private PostgreSQL did not start");
+            return None;
+        }
+        Some(pg)
+    }
+
+    fn as_postgres(&self, cmd: &str) -> bool {
+        std::process::Command::new("su")
+            .args(["postgres", "-s", "/bin/sh", "-c", cmd])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// `pg_ctl start|stop`, waiting for it to finish.
+    pub fn ctl(&self, action: &str) -> bool {
+        let data = self.dir.join("data");
+        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.display());
+        let mode = if action == "stop" { " -m fast" } else { "" };
+        self.as_postgres(&format!(
+            "{} -D {} -o '{opts}' -l {}/log -w{mode} {action} >/dev/null",
+            self.bin.join("pg_ctl").display(),
+            data.display(),
+            self.dir.display()
+        ))
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.ctl("stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
