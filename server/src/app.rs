@@ -34,6 +34,8 @@ pub struct NodeConfig {
     pub admin_token: Option<String>,
     pub sandbox: Sandbox,
     pub kill_grace: Duration,
+    /// Encrypts secrets at rest; without it secrets cannot be set.
+    pub secret_key: Option<crate::service::SecretKey>,
 }
 
 /// A started node.
@@ -104,7 +106,10 @@ impl Node {
             config.node.clone(),
             EventBus::default(),
             Wakeups::default(),
-            ServiceConfig::default(),
+            ServiceConfig {
+                secret_key: config.secret_key.clone().map(Arc::new),
+                ..ServiceConfig::default()
+            },
         );
         let generated_token = service.bootstrap(config.admin_token.as_deref()).await?;
         let default_tenant = service.ensure_default_tenant().await?;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 use gantry::app::{Node, NodeConfig};
 use gantry::executor::Sandbox;
+use gantry::service::SecretKey;
 use gantry::store::Durability;
 
 /// Gantry: a CI/CD orchestrator.
@@ -83,6 +84,13 @@ struct ServeArgs {
     /// Seconds between SIGTERM and SIGKILL when a step is stopped.
     #[arg(long, env = "GANTRY_KILL_GRACE_SECS", default_value_t = 10)]
     kill_grace_secs: u64,
+    /// Key that encrypts secrets at rest: base64 of 32 random bytes
+    /// (`head -c32 /dev/urandom | base64`). Without a key, secrets cannot be set.
+    #[arg(long, env = "GANTRY_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// File holding the secret key (base64), instead of `--secret-key`.
+    #[arg(long, env = "GANTRY_SECRET_KEY_FILE", conflicts_with = "secret_key")]
+    secret_key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -159,10 +167,16 @@ fn node_config_for_db(db: &DbArgs) -> NodeConfig {
         admin_token: None,
         sandbox: Sandbox::None,
         kill_grace: Duration::from_secs(10),
+        secret_key: None,
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let secret_key = match (&args.secret_key, &args.secret_key_file) {
+        (Some(text), _) => Some(SecretKey::from_base64(text).map_err(anyhow::Error::msg)?),
+        (None, Some(path)) => Some(SecretKey::from_file(path).map_err(anyhow::Error::msg)?),
+        (None, None) => None,
+    };
     let config = NodeConfig {
         listen: args.listen,
         data_dir: args.db.data_dir,
@@ -182,6 +196,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             SandboxArg::Bwrap => Sandbox::Bwrap,
         },
         kill_grace: Duration::from_secs(args.kill_grace_secs),
+        secret_key,
     };
     let node = Node::start(config).await.context("start")?;
     tracing::info!(addr = %node.addr, node = %node.service.node(), "gantry serving");

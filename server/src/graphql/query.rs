@@ -229,6 +229,39 @@ impl Query {
         Ok(QueueStats { queue, depth })
     }
 
+    /// API tokens (admin), of one tenant or of every tenant; never their secrets.
+    async fn api_tokens(
+        &self,
+        ctx: &Context<'_>,
+        tenant: Option<String>,
+    ) -> async_graphql::Result<Vec<super::security::ApiToken>> {
+        let s = service(ctx)?;
+        Ok(s.api_tokens(caller(ctx)?, tenant.as_deref())
+            .await
+            .map_err(gql)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// Secrets by name (never their values): the caller's tenant's, or those a pipeline
+    /// sees.
+    async fn secrets(
+        &self,
+        ctx: &Context<'_>,
+        pipeline: Option<ID>,
+    ) -> async_graphql::Result<Vec<super::security::Secret>> {
+        let s = service(ctx)?;
+        Ok(
+            s.secrets(caller(ctx)?, pipeline.as_ref().map(|p| p.as_str()))
+                .await
+                .map_err(gql)?
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+        )
+    }
+
     /// The event log after `after` (a seq), oldest first.
     async fn events(
         &self,
