@@ -77,6 +77,7 @@ fn state_name<T: std::fmt::Debug>(s: T) -> String {
 impl Query {
     /// The server's version and node.
     async fn server_info(&self, ctx: &Context<'_>) -> async_graphql::Result<ServerInfo> {
+        caller(ctx)?;
         Ok(ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             node: service(ctx)?.node().to_owned(),

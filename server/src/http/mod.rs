@@ -82,7 +82,9 @@ async fn graphql_post(
             .and_then(|v| v.to_str().ok()),
     );
     let auth = authenticate(&app.service, token).await;
-    app.schema.execute(req.into_inner().data(auth)).await.into()
+    let mut res = app.schema.execute(req.into_inner().data(auth)).await;
+    security::tag_errors(&mut res);
+    res.into()
 }
 
 async fn graphql_ws(

@@ -109,3 +109,27 @@ pub async fn gitlab(State(app): State<AppState>, headers: HeaderMap, body: Bytes
     };
     webhook_response(app.service.receive_webhook(req).await)
 }
+
+/// Gives every error without a code one: the refusals of the query validator (depth,
+/// complexity, syntax) come from the GraphQL library without `extensions.code`.
+pub fn tag_errors(res: &mut async_graphql::Response) {
+    for e in &mut res.errors {
+        let has_code = e
+            .extensions
+            .as_ref()
+            .is_some_and(|x| x.get("code").is_some());
+        if has_code {
+            continue;
+        }
+        let code = if e.message.contains("nested too deep") {
+            "QUERY_TOO_DEEP"
+        } else if e.message.contains("too complex") {
+            "QUERY_TOO_COMPLEX"
+        } else {
+            "GRAPHQL_VALIDATION_FAILED"
+        };
+        e.extensions
+            .get_or_insert_with(Default::default)
+            .set("code", code);
+    }
+}

@@ -4,7 +4,7 @@
 //! Every state change is `UPDATE … WHERE id = ? AND state = ?`; the boolean result says
 //! whether this caller won. Callers pass `now` so that time is injectable.
 
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, Func};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, Statement,
 };
@@ -77,7 +77,7 @@ pub async fn cas_task(
     if to == TaskState::Running {
         update = update.col_expr(
             task::Column::StartedAt,
-            Expr::cust_with_values("COALESCE(started_at, ?)", [now]),
+            Func::coalesce([Expr::col(task::Column::StartedAt).into(), Expr::value(now)]).into(),
         );
     }
     if to.is_terminal() {
@@ -177,14 +177,14 @@ pub async fn claim_attempt(
     c: Claim<'_>,
 ) -> Result<Option<attempt::Model>, StoreError> {
     let backend = db.get_database_backend();
-    // An empty tenant bound matches every tenant (ids are never empty).
-    let tenant = c.tenant_id.unwrap_or("");
+    // A NULL tenant bound matches every tenant.
+    let tenant: sea_orm::Value = c.tenant_id.map(str::to_owned).into();
     let (sql, values): (&str, Vec<sea_orm::Value>) = match backend {
         DbBackend::Postgres => (
             "UPDATE attempts SET state = 'leased', worker_id = $1, lease_token = $2, \
              lease_expires_at = $3, heartbeat_at = $4 \
              WHERE id = (SELECT id FROM attempts WHERE queue = $5 AND state = 'queued' \
-                         AND scheduled_at <= $4 AND ($6 = '' OR tenant_id = $6) \
+                         AND scheduled_at <= $4 AND tenant_id = COALESCE($6, tenant_id) \
                          ORDER BY priority DESC, scheduled_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
              AND state = 'queued' RETURNING *",
             vec![
@@ -193,7 +193,7 @@ pub async fn claim_attempt(
                 c.lease_expires_at.into(),
                 c.now.into(),
                 c.queue.into(),
-                tenant.into(),
+                tenant,
             ],
         ),
         // SQLite has one writer at a time, which makes the sub-select and the update atomic.
@@ -201,7 +201,7 @@ pub async fn claim_attempt(
             "UPDATE attempts SET state = 'leased', worker_id = ?, lease_token = ?, \
              lease_expires_at = ?, heartbeat_at = ? \
              WHERE id = (SELECT id FROM attempts WHERE queue = ? AND state = 'queued' \
-                         AND scheduled_at <= ? AND (? = '' OR tenant_id = ?) \
+                         AND scheduled_at <= ? AND tenant_id = COALESCE(?, tenant_id) \
                          ORDER BY priority DESC, scheduled_at, id LIMIT 1) \
              AND state = 'queued' RETURNING *",
             vec![
@@ -211,8 +211,7 @@ pub async fn claim_attempt(
                 c.now.into(),
                 c.queue.into(),
                 c.now.into(),
-                tenant.into(),
-                tenant.into(),
+                tenant,
             ],
         ),
     };
