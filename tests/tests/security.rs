@@ -604,3 +604,210 @@ async fn websocket_connections_per_token_are_bounded() {
     );
     drop(open);
 }
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn post_hook(s: &Server, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}{path}", s.url))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn runs_of(s: &Server, pipeline: &str) -> Vec<Value> {
+    s.data(
+        "query($p: ID) { runs(filter: {pipeline: $p}) { edges { node { id sha ref trigger } } } }",
+        json!({ "p": pipeline }),
+    )
+    .await["runs"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_webhooks_trigger_once_and_forgeries_are_refused() {
+    for backend in backends().await {
+        let s = idle_server(backend).await;
+        let d = s
+            .data(
+                "mutation($f: String!) { createPipeline(input: {name: \"hooked\", provider: GITHUB, repository: \"https://github.com/acme/app.git\", file: $f, webhookSecret: \"whsec\"}) { id } }",
+                json!({ "f": FILE }),
+            )
+            .await;
+        let pipeline = d["createPipeline"]["id"].as_str().unwrap().to_owned();
+        let push = json!({
+            "ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01234567",
+            "repository": { "full_name": "acme/app", "clone_url": "https://github.com/acme/app.git", "html_url": "https://github.com/acme/app" }
+        })
+        .to_string();
+        let body = push.as_bytes();
+        let good = sign("whsec", body);
+
+        for (sig, what) in [
+            (sign("wrong", body), "wrong secret"),
+            ("sha256=00".to_owned(), "garbage"),
+            (sign("whsec", b"other body"), "other body"),
+        ] {
+            let (status, res) = post_hook(
+                &s,
+                "/webhooks/github",
+                &[
+                    ("x-github-event", "push"),
+                    ("x-github-delivery", "d-bad"),
+                    ("x-hub-signature-256", &sig),
+                ],
+                body,
+            )
+            .await;
+            assert_eq!(status, 401, "{what}: {res}");
+            assert_eq!(res["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
+        }
+        let (status, _) = post_hook(
+            &s,
+            "/webhooks/github",
+            &[("x-github-event", "push"), ("x-github-delivery", "d-none")],
+            body,
+        )
+        .await;
+        assert_eq!(status, 401, "unsigned");
+        assert!(runs_of(&s, &pipeline).await.is_empty());
+
+        let headers = [
+            ("x-github-event", "push"),
+            ("x-github-delivery", "d-1"),
+            ("x-hub-signature-256", good.as_str()),
+        ];
+        let (status, res) = post_hook(&s, "/webhooks/github", &headers, body).await;
+        assert_eq!(status, 202, "{res}");
+        assert_eq!(res["runs"].as_array().unwrap().len(), 1);
+        // Replayed delivery: answered, nothing new.
+        let (status, again) = post_hook(&s, "/webhooks/github", &headers, body).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["status"], "duplicate");
+        assert_eq!(again["runs"], res["runs"]);
+        let runs = runs_of(&s, &pipeline).await;
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!(runs[0]["trigger"], "webhook");
+        assert_eq!(runs[0]["sha"], "0123456789abcdef0123456789abcdef01234567");
+        assert_eq!(runs[0]["ref"], "refs/heads/main");
+
+        let pr = json!({
+            "action": "opened", "number": 7,
+            "pull_request": { "head": { "sha": "abcdef0123456" }, "base": { "ref": "main" } },
+            "repository": { "full_name": "acme/app", "html_url": "https://github.com/acme/app" }
+        })
+        .to_string();
+        let sig = sign("whsec", pr.as_bytes());
+        let (status, res) = post_hook(
+            &s,
+            "/webhooks/github",
+            &[
+                ("x-github-event", "pull_request"),
+                ("x-github-delivery", "d-2"),
+                ("x-hub-signature-256", &sig),
+            ],
+            pr.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 202, "{res}");
+        let runs = runs_of(&s, &pipeline).await;
+        assert!(
+            runs.iter()
+                .any(|r| r["ref"] == "refs/pull/7/head" && r["sha"] == "abcdef0123456"),
+            "{runs:?}"
+        );
+
+        // GitLab: the token header is compared with the pipeline's secret.
+        let d = s
+            .data(
+                "mutation($f: String!) { createPipeline(input: {name: \"lab\", provider: GITLAB, repository: \"acme/lab\", file: $f, webhookSecret: \"gltok\"}) { id } }",
+                json!({ "f": FILE }),
+            )
+            .await;
+        let lab = d["createPipeline"]["id"].as_str().unwrap().to_owned();
+        let gl = json!({
+            "object_kind": "push", "ref": "refs/heads/dev", "after": "fedcba9876543", "checkout_sha": "fedcba9876543",
+            "project": { "path_with_namespace": "acme/lab", "web_url": "https://gitlab.example/acme/lab" }
+        })
+        .to_string();
+        let (status, _) = post_hook(
+            &s,
+            "/webhooks/gitlab",
+            &[
+                ("x-gitlab-event", "Push Hook"),
+                ("x-gitlab-event-uuid", "g-1"),
+                ("x-gitlab-token", "nope"),
+            ],
+            gl.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 401);
+        let (status, res) = post_hook(
+            &s,
+            "/webhooks/gitlab",
+            &[
+                ("x-gitlab-event", "Push Hook"),
+                ("x-gitlab-event-uuid", "g-1"),
+                ("x-gitlab-token", "gltok"),
+            ],
+            gl.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 202, "{res}");
+        assert_eq!(runs_of(&s, &lab).await.len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_reach_the_job_masked_and_never_the_api() {
+    use base64::Engine;
+    for backend in backends().await {
+        let mut o = ServerOptions::new(backend);
+        o.workers = 1;
+        o.extra_env.push((
+            "GANTRY_SECRET_KEY".into(),
+            base64::engine::general_purpose::STANDARD.encode([42u8; 32]),
+        ));
+        let s = Server::start(o).await;
+        let file = "jobs:\n  show:\n    env:\n      TOKEN: ${{ secrets.DEPLOY_TOKEN }}\n    steps:\n      - run: |\n          echo \"token=$TOKEN\"\n          test ${#TOKEN} -eq 15\n";
+        let pipeline = s.create_pipeline("masked", "/nowhere", file).await;
+        let r = s
+            .gql(
+                "mutation { setSecret(input: {name: \"DEPLOY_TOKEN\", value: \"s3cr3t-value-42\"}) { id name pipelineId } }",
+                json!({}),
+            )
+            .await;
+        assert_eq!(r["data"]["setSecret"]["name"], "DEPLOY_TOKEN", "{r}");
+        let listed = s.data("{ secrets { id name } }", json!({})).await;
+        assert!(!listed.to_string().contains("s3cr3t"), "{listed}");
+
+        let run_id = s.trigger(&pipeline, "0000aaaa").await;
+        let run = s.wait_run(&run_id, Duration::from_secs(60)).await;
+        assert_eq!(run["state"], "SUCCEEDED", "the job saw the value: {run:#}");
+        let log = run["tasks"][0]["attempts"][0]["log"].as_str().unwrap();
+        assert!(log.contains("token=***"), "{log}");
+        assert!(!log.contains("s3cr3t-value-42"), "{log}");
+        // Nor does the stored spec or anything else the API returns hold the value.
+        let everything = s
+            .data(
+                "query($id: ID!) { run(id: $id) { tasks { id name } events(first: 1000) { details } pipeline { file } } }",
+                json!({ "id": run_id }),
+            )
+            .await;
+        assert!(!everything.to_string().contains("s3cr3t"), "{everything}");
+    }
+}
