@@ -996,4 +996,72 @@ mod tests {
             vec![("env.A".to_string(), 4), ("matrix.b".to_string(), 17)]
         );
     }
+
+    fn fuzz_cases() -> u32 {
+        std::env::var("GANTRY_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000)
+    }
+
+    const EXPR_PIECES: &[&str] = &[
+        "${{",
+        "}}",
+        " ",
+        "(",
+        ")",
+        "!",
+        "&&",
+        "||",
+        "==",
+        "!=",
+        "<",
+        ">=",
+        "'",
+        "\"",
+        "a",
+        "matrix.os",
+        "env.X",
+        "secrets.T",
+        "github.ref",
+        "success()",
+        "failure()",
+        "always()",
+        "contains(",
+        "startsWith(",
+        ",",
+        "1",
+        "0.5",
+        "true",
+        "null",
+        "'x'",
+        "}",
+        "{",
+        "\u{1}",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(fuzz_cases()))]
+
+        /// Fuzz target: conditions, templates and secret markers never panic on any text.
+        #[test]
+        fn expressions_never_panic(
+            parts in proptest::collection::vec(proptest::sample::select(EXPR_PIECES), 0..40),
+            raw in "\\PC{0,80}",
+        ) {
+            let v = vars();
+            for text in [parts.concat(), raw] {
+                if let Ok(c) = Condition::parse(&text) {
+                    let _ = c.eval(&EvalContext { vars: &v, status: JobStatus::default() });
+                }
+                let _ = template_variables(&text);
+                let _ = substitute(&text, &v);
+                let names = secret_markers(&text);
+                let resolved = resolve_secret_markers(&text, &BTreeMap::new());
+                if names.is_empty() {
+                    proptest::prop_assert_eq!(resolved, text.clone());
+                }
+            }
+        }
+    }
 }
