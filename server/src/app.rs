@@ -39,6 +39,8 @@ pub struct NodeConfig {
     /// back (`lost`, then retried elsewhere).
     pub shutdown_grace: Duration,
     pub reconciler: ReconcilerConfig,
+    /// Encrypts secrets at rest; without it secrets cannot be set.
+    pub secret_key: Option<crate::service::SecretKey>,
 }
 
 /// A started node.
@@ -109,7 +111,10 @@ impl Node {
             config.node.clone(),
             EventBus::default(),
             Wakeups::default(),
-            ServiceConfig::default(),
+            ServiceConfig {
+                secret_key: config.secret_key.clone().map(Arc::new),
+                ..ServiceConfig::default()
+            },
         );
         let generated_token = service.bootstrap(config.admin_token.as_deref()).await?;
         let default_tenant = service.ensure_default_tenant().await?;

@@ -227,6 +227,7 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
         kill_grace: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(30),
         reconciler: crate::reconciler::ReconcilerConfig::default(),
+        secret_key: None,
     };
     let node = Node::start(config).await?;
     let tenant = node.service.ensure_default_tenant().await?;

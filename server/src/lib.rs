@@ -25,3 +25,4 @@ pub mod reconciler;
 pub mod scheduler;
 pub mod service;
 pub mod store;
+pub mod webhooks;

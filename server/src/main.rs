@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use gantry::app::{Node, NodeConfig};
 use gantry::executor::Sandbox;
 use gantry::reconciler::ReconcilerConfig;
+use gantry::service::SecretKey;
 use gantry::store::Durability;
 
 /// Gantry: a CI/CD orchestrator.
@@ -92,6 +93,13 @@ struct ServeArgs {
     /// Seconds without a heartbeat after which a worker (and its attempts) is lost.
     #[arg(long, env = "GANTRY_LOST_AFTER_SECS", default_value_t = 10)]
     lost_after_secs: u64,
+    /// Key that encrypts secrets at rest: base64 of 32 random bytes
+    /// (`head -c32 /dev/urandom | base64`). Without a key, secrets cannot be set.
+    #[arg(long, env = "GANTRY_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// File holding the secret key (base64), instead of `--secret-key`.
+    #[arg(long, env = "GANTRY_SECRET_KEY_FILE", conflicts_with = "secret_key")]
+    secret_key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -174,10 +182,16 @@ fn node_config_for_db(db: &DbArgs) -> NodeConfig {
         kill_grace: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(30),
         reconciler: ReconcilerConfig::default(),
+        secret_key: None,
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let secret_key = match (&args.secret_key, &args.secret_key_file) {
+        (Some(text), _) => Some(SecretKey::from_base64(text).map_err(anyhow::Error::msg)?),
+        (None, Some(path)) => Some(SecretKey::from_file(path).map_err(anyhow::Error::msg)?),
+        (None, None) => None,
+    };
     let config = NodeConfig {
         listen: args.listen,
         data_dir: args.db.data_dir,
@@ -202,6 +216,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             lost_after: Duration::from_secs(args.lost_after_secs),
             ..ReconcilerConfig::default()
         },
+        secret_key,
     };
     config.reconciler.validate().map_err(anyhow::Error::msg)?;
     let node = Node::start(config).await.context("start")?;

@@ -189,7 +189,10 @@ impl Server {
             (Backend::Postgres, None) => Some(PgDatabase::create().await),
             _ => None,
         };
-        let database_url = options.database_url.clone().or_else(|| pg.as_ref().map(|p| p.url.clone()));
+        let database_url = options
+            .database_url
+            .clone()
+            .or_else(|| pg.as_ref().map(|p| p.url.clone()));
         let mut server = Server {
             child: None,
             url: String::new(),
@@ -489,9 +492,13 @@ impl PrivatePostgres {
             let l = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
             l.local_addr().ok()?.port()
         };
-        let dir = std::env::temp_dir().join(format!("gantry-pg-{port}-{:x}", rand::random::<u32>()));
+        let dir =
+            std::env::temp_dir().join(format!("gantry-pg-{port}-{:x}", rand::random::<u32>()));
         std::fs::create_dir_all(&dir).ok()?;
-        let chown = std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
+        let chown = std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status();
         if !chown.is_ok_and(|s| s.success()) {
             eprintln!("skipping: cannot hand a data directory to the postgres user");
             return None;
@@ -524,7 +531,11 @@ impl PrivatePostgres {
     /// `pg_ctl start|stop`, waiting for it to finish.
     pub fn ctl(&self, action: &str) -> bool {
         let data = self.dir.join("data");
-        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.display());
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
         let mode = if action == "stop" { " -m fast" } else { "" };
         self.as_postgres(&format!(
             "{} -D {} -o '{opts}' -l {}/log -w{mode} {action} >/dev/null",

@@ -216,31 +216,53 @@ async fn sigterm_lets_running_attempts_finish_or_hands_them_back() {
 #[tokio::test(flavor = "multi_thread")]
 async fn while_postgresql_restarts_the_api_answers_unavailable_and_recovers_by_itself() {
     let Some(pg) = gantry_tests::PrivatePostgres::start() else {
-        assert!(std::env::var("CI").is_err(), "a private PostgreSQL is required in CI");
+        assert!(
+            std::env::var("CI").is_err(),
+            "a private PostgreSQL is required in CI"
+        );
         return;
     };
     let mut o = ServerOptions::new(gantry_tests::Backend::Postgres);
     o.database_url = Some(pg.url());
     o.workers = 1;
     let s = Server::start(o).await;
-    let p = s.create_pipeline("pg", "/tmp", "jobs:\n  a:\n    steps: [{run: \"true\"}]\n").await;
+    let p = s
+        .create_pipeline("pg", "/tmp", "jobs:\n  a:\n    steps: [{run: \"true\"}]\n")
+        .await;
 
     assert!(pg.ctl("stop"));
-    let down = s.gql("{ pipelines { edges { node { id } } } }", json!({})).await;
-    assert_eq!(down["errors"][0]["extensions"]["code"], "UNAVAILABLE", "{down}");
+    let down = s
+        .gql("{ pipelines { edges { node { id } } } }", json!({}))
+        .await;
+    assert_eq!(
+        down["errors"][0]["extensions"]["code"], "UNAVAILABLE",
+        "{down}"
+    );
     assert!(!s.get("/readyz").await.status().is_success());
 
     assert!(pg.ctl("start"));
     let recovered = Instant::now();
     let back = loop {
-        let res = s.gql("{ pipelines { edges { node { id } } } }", json!({})).await;
+        let res = s
+            .gql("{ pipelines { edges { node { id } } } }", json!({}))
+            .await;
         if res.get("errors").is_none() {
             break res;
         }
-        assert!(recovered.elapsed() < Duration::from_secs(30), "no recovery: {res}");
+        assert!(
+            recovered.elapsed() < Duration::from_secs(30),
+            "no recovery: {res}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(back["data"]["pipelines"]["edges"][0]["node"]["id"], p.as_str());
+    assert_eq!(
+        back["data"]["pipelines"]["edges"][0]["node"]["id"],
+        p.as_str()
+    );
     let run = s.trigger(&p, "abc").await;
-    assert_eq!(s.wait_run(&run, WITHIN).await["state"], "SUCCEEDED", "work flows again");
+    assert_eq!(
+        s.wait_run(&run, WITHIN).await["state"],
+        "SUCCEEDED",
+        "work flows again"
+    );
 }

@@ -338,7 +338,7 @@ async fn lease(
     let data = client
         .call(
             "mutation($w: ID!, $q: [String!]!) { leaseAttempt(worker: $w, queues: $q, waitMs: 20000) { \
-               leaseToken spec repository sha attempt { id } } }",
+               leaseToken spec repository sha masks attempt { id } } }",
             json!({ "w": worker_id, "q": queues }),
         )
         .await?;
@@ -357,5 +357,13 @@ async fn lease(
         spec,
         repository: lease["repository"].as_str().unwrap_or_default().to_owned(),
         sha: lease["sha"].as_str().unwrap_or_default().to_owned(),
+        masks: lease["masks"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }))
 }

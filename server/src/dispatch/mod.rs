@@ -228,6 +228,7 @@ async fn worker(
             spec: leased.spec,
             repository: leased.run.repository.clone(),
             sha: leased.run.sha.clone(),
+            masks: leased.masks,
         };
         let stop = CancellationToken::new();
         running

@@ -25,6 +25,8 @@ pub struct Job {
     pub spec: PlannedTask,
     pub repository: String,
     pub sha: String,
+    /// Secret values in the spec: masked as `***` in every log line.
+    pub masks: Vec<String>,
 }
 
 /// How an attempt ended, as reported back.
@@ -144,7 +146,7 @@ pub fn exec_spec(job: &Job, cfg: &RunnerConfig) -> ExecSpec {
         limits: cfg.limits,
         artifacts,
         keep_workspace: false,
-        masks: Vec::new(),
+        masks: job.masks.clone(),
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod mutation;
 mod query;
+mod security;
 mod subscription;
 mod types;
 
@@ -78,6 +79,11 @@ impl ErrorExtensions for ServiceError {
             }
         })
     }
+}
+
+/// A service error as a GraphQL error with its code, for the HTTP layer.
+pub fn gql_error(err: ServiceError) -> async_graphql::Error {
+    err.extend()
 }
 
 /// Converts a service error into a GraphQL error carrying its code.

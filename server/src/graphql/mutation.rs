@@ -38,15 +38,8 @@ pub struct CreatedApiToken {
     pub api_token: ApiToken,
 }
 
-/// An API token's record (never its secret).
-#[derive(SimpleObject)]
-pub struct ApiToken {
-    pub id: ID,
-    pub name: String,
-    pub tenant_id: ID,
-    pub scopes: Vec<Scope>,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-}
+pub use super::security::ApiToken;
+use super::security::{Secret, SetSecretInput};
 
 #[derive(InputObject)]
 pub struct CreatePipelineInput {
@@ -110,6 +103,8 @@ pub struct Lease {
     pub sha: String,
     #[graphql(name = "ref")]
     pub git_ref: String,
+    /// Secret values injected into the spec's env: mask them in the log.
+    pub masks: Vec<String>,
 }
 
 /// What a heartbeat tells the worker.
@@ -202,17 +197,44 @@ impl Mutation {
             .map_err(gql)?;
         Ok(CreatedApiToken {
             token: created.token,
-            api_token: ApiToken {
-                id: ID(created.record.id),
-                name: created.record.name,
-                tenant_id: ID(created.record.tenant_id),
-                scopes: Scopes::parse_list(&created.record.scopes)
-                    .iter()
-                    .map(Into::into)
-                    .collect(),
-                created_at: crate::clock::to_datetime(created.record.created_at),
-            },
+            api_token: created.record.into(),
         })
+    }
+
+    /// Revokes an API token (admin): every later request with it is refused.
+    async fn revoke_api_token(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<ApiToken> {
+        let s = service(ctx)?;
+        s.revoke_api_token(caller(ctx)?, &id)
+            .await
+            .map(Into::into)
+            .map_err(gql)
+    }
+
+    /// Creates or replaces a secret (write); the value is never returned.
+    async fn set_secret(
+        &self,
+        ctx: &Context<'_>,
+        input: SetSecretInput,
+    ) -> async_graphql::Result<Secret> {
+        let s = service(ctx)?;
+        s.set_secret(
+            caller(ctx)?,
+            crate::service::SecretInput {
+                tenant: input.tenant,
+                pipeline: input.pipeline.map(|p| p.0),
+                name: input.name,
+                value: input.value,
+            },
+        )
+        .await
+        .map(Into::into)
+        .map_err(gql)
+    }
+
+    /// Deletes a secret (write).
+    async fn delete_secret(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+        let s = service(ctx)?;
+        s.delete_secret(caller(ctx)?, &id).await.map_err(gql)
     }
 
     /// Creates a pipeline from its YAML file; an invalid file is refused whole.
@@ -350,6 +372,7 @@ impl Mutation {
             repository: l.run.repository.clone(),
             sha: l.run.sha.clone(),
             git_ref: l.run.git_ref.clone(),
+            masks: l.masks,
             attempt: Attempt(l.attempt),
             task: Task(l.task),
             lease_token: l.lease_token,

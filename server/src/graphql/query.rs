@@ -77,6 +77,7 @@ fn state_name<T: std::fmt::Debug>(s: T) -> String {
 impl Query {
     /// The server's version and node.
     async fn server_info(&self, ctx: &Context<'_>) -> async_graphql::Result<ServerInfo> {
+        caller(ctx)?;
         Ok(ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             node: service(ctx)?.node().to_owned(),
@@ -227,6 +228,39 @@ impl Query {
             .map(|(_, d)| d)
             .unwrap_or(0);
         Ok(QueueStats { queue, depth })
+    }
+
+    /// API tokens (admin), of one tenant or of every tenant; never their secrets.
+    async fn api_tokens(
+        &self,
+        ctx: &Context<'_>,
+        tenant: Option<String>,
+    ) -> async_graphql::Result<Vec<super::security::ApiToken>> {
+        let s = service(ctx)?;
+        Ok(s.api_tokens(caller(ctx)?, tenant.as_deref())
+            .await
+            .map_err(gql)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// Secrets by name (never their values): the caller's tenant's, or those a pipeline
+    /// sees.
+    async fn secrets(
+        &self,
+        ctx: &Context<'_>,
+        pipeline: Option<ID>,
+    ) -> async_graphql::Result<Vec<super::security::Secret>> {
+        let s = service(ctx)?;
+        Ok(
+            s.secrets(caller(ctx)?, pipeline.as_ref().map(|p| p.as_str()))
+                .await
+                .map_err(gql)?
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+        )
     }
 
     /// The event log after `after` (a seq), oldest first.

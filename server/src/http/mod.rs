@@ -16,6 +16,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tower_http::services::{ServeDir, ServeFile};
 
+mod security;
+
 use crate::graphql::{Auth, AuthFailure, GantrySchema};
 use crate::service::{Service, ServiceError};
 
@@ -38,8 +40,11 @@ pub fn router(state: AppState, web_dir: PathBuf) -> Router {
         .route("/graphiql", get(graphiql))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/webhooks/github", axum::routing::post(security::github))
+        .route("/webhooks/gitlab", axum::routing::post(security::gitlab))
         .fallback_service(web)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(security::limit_body))
         .with_state(state)
 }
 
@@ -77,7 +82,9 @@ async fn graphql_post(
             .and_then(|v| v.to_str().ok()),
     );
     let auth = authenticate(&app.service, token).await;
-    app.schema.execute(req.into_inner().data(auth)).await.into()
+    let mut res = app.schema.execute(req.into_inner().data(auth)).await;
+    security::tag_errors(&mut res);
+    res.into()
 }
 
 async fn graphql_ws(
@@ -85,7 +92,10 @@ async fn graphql_ws(
     protocol: GraphQLProtocol,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let max_message = app.service.config().max_ws_message_bytes;
     upgrade
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |stream| {
             let service = app.service.clone();
@@ -98,6 +108,14 @@ async fn graphql_ws(
                         .map(str::to_owned);
                     let auth = authenticate(&service, bearer(header.as_deref())).await;
                     let mut data = Data::default();
+                    // Each token holds a bounded number of connections; the slot is
+                    // freed when the connection (and its data) is dropped.
+                    if let Ok(caller) = &auth.0 {
+                        let guard = service
+                            .open_ws_connection(caller)
+                            .map_err(crate::graphql::gql_error)?;
+                        data.insert(guard);
+                    }
                     data.insert(auth);
                     Ok(data)
                 })

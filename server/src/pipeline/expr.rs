@@ -414,7 +414,10 @@ fn canonical_variable(name: &str) -> Option<String> {
         "run.number" | "github.run_number" => "run.number".into(),
         _ => {
             let (ns, key) = name.split_once('.')?;
-            if (ns == "matrix" || ns == "env") && !key.is_empty() && !key.contains('.') {
+            if (ns == "matrix" || ns == "env" || ns == "secrets")
+                && !key.is_empty()
+                && !key.contains('.')
+            {
                 name.to_string()
             } else {
                 return None;
@@ -653,6 +656,15 @@ impl Condition {
             _ => (src, 0),
         };
         let expr = parse_expr(body, base)?;
+        // Secrets are resolved on the worker at lease time; a condition is decided by
+        // the server, which must never branch on them.
+        if let Some((name, offset)) = expr
+            .variables()
+            .into_iter()
+            .find(|(n, _)| n.starts_with("secrets."))
+        {
+            return Err(ExprError::new(offset, format!("unknown variable `{name}`")));
+        }
         Ok(Condition {
             source: src.to_string(),
             expr,
@@ -762,6 +774,46 @@ pub fn template_variables(template: &str) -> Result<Vec<(String, usize)>, ExprEr
         }
     }
     Ok(out)
+}
+
+/// What `${{ secrets.NAME }}` becomes when a run is planned: a marker that no user
+/// input can contain (refs and shas refuse control characters), replaced by the
+/// secret's value only when a worker leases the attempt. The stored spec never holds
+/// a secret in clear.
+pub fn secret_marker(name: &str) -> String {
+    format!("{SECRET_MARK}secret:{name}{SECRET_MARK}")
+}
+
+const SECRET_MARK: char = '\u{1}';
+
+/// Names of the secrets whose markers appear in `text`.
+pub fn secret_markers(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    let open = format!("{SECRET_MARK}secret:");
+    while let Some(at) = rest.find(&open) {
+        let after = &rest[at + open.len()..];
+        let Some(end) = after.find(SECRET_MARK) else {
+            break;
+        };
+        out.push(after[..end].to_owned());
+        rest = &after[end + SECRET_MARK.len_utf8()..];
+    }
+    out
+}
+
+/// Replaces every secret marker in `text` with the secret's value (empty when it is
+/// not defined, as in GitHub Actions).
+pub fn resolve_secret_markers(text: &str, secrets: &BTreeMap<String, String>) -> String {
+    if !text.contains(SECRET_MARK) {
+        return text.to_owned();
+    }
+    let mut out = text.to_owned();
+    for name in secret_markers(text) {
+        let value = secrets.get(&name).map(String::as_str).unwrap_or("");
+        out = out.replace(&secret_marker(&name), value);
+    }
+    out
 }
 
 /// Replaces every `${{ expr }}` in `template` with its value. Unlike
@@ -943,5 +995,73 @@ mod tests {
             template_variables("${{ env.A }}-${{ matrix.b }}").unwrap(),
             vec![("env.A".to_string(), 4), ("matrix.b".to_string(), 17)]
         );
+    }
+
+    fn fuzz_cases() -> u32 {
+        std::env::var("GANTRY_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000)
+    }
+
+    const EXPR_PIECES: &[&str] = &[
+        "${{",
+        "}}",
+        " ",
+        "(",
+        ")",
+        "!",
+        "&&",
+        "||",
+        "==",
+        "!=",
+        "<",
+        ">=",
+        "'",
+        "\"",
+        "a",
+        "matrix.os",
+        "env.X",
+        "secrets.T",
+        "github.ref",
+        "success()",
+        "failure()",
+        "always()",
+        "contains(",
+        "startsWith(",
+        ",",
+        "1",
+        "0.5",
+        "true",
+        "null",
+        "'x'",
+        "}",
+        "{",
+        "\u{1}",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(fuzz_cases()))]
+
+        /// Fuzz target: conditions, templates and secret markers never panic on any text.
+        #[test]
+        fn expressions_never_panic(
+            parts in proptest::collection::vec(proptest::sample::select(EXPR_PIECES), 0..40),
+            raw in "\\PC{0,80}",
+        ) {
+            let v = vars();
+            for text in [parts.concat(), raw] {
+                if let Ok(c) = Condition::parse(&text) {
+                    let _ = c.eval(&EvalContext { vars: &v, status: JobStatus::default() });
+                }
+                let _ = template_variables(&text);
+                let _ = substitute(&text, &v);
+                let names = secret_markers(&text);
+                let resolved = resolve_secret_markers(&text, &BTreeMap::new());
+                if names.is_empty() {
+                    proptest::prop_assert_eq!(resolved, text.clone());
+                }
+            }
+        }
     }
 }

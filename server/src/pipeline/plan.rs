@@ -46,7 +46,24 @@ impl Substituter<'_> {
         vars: &Vars,
     ) -> BTreeMap<String, String> {
         env.iter()
-            .map(|(k, v)| (k.clone(), self.apply(&format!("{what} `{k}`"), v, vars)))
+            .map(|(k, v)| {
+                // Env values may name secrets: they become markers, resolved at lease time.
+                let secrets: Vec<String> = expr::template_variables(v)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|(n, _)| n.strip_prefix("secrets.").map(str::to_owned))
+                    .collect();
+                let value = if secrets.is_empty() {
+                    self.apply(&format!("{what} `{k}`"), v, vars)
+                } else {
+                    let mut with = vars.clone();
+                    for name in secrets {
+                        with.insert(format!("secrets.{name}"), expr::secret_marker(&name));
+                    }
+                    self.apply(&format!("{what} `{k}`"), v, &with)
+                };
+                (k.clone(), value)
+            })
             .collect()
     }
 }

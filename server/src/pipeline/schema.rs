@@ -90,6 +90,8 @@ struct ParsedJob {
 
 struct Checker {
     errors: Vec<PipelineError>,
+    /// Set while an env value is checked: the one place `secrets.*` may appear.
+    in_env_value: bool,
 }
 
 fn get<'a>(entries: &'a [Entry], key: &str) -> Option<&'a Node> {
@@ -327,6 +329,12 @@ impl Checker {
                     }
                     Some(_) => None,
                 }
+            } else if name.starts_with("secrets.") && !self.in_env_value {
+                Some((
+                    "secrets can only be used in env values; read them as `$NAME` in scripts"
+                        .to_string(),
+                    None,
+                ))
             } else {
                 None
             };
@@ -381,7 +389,11 @@ impl Checker {
                 // An empty value is a common way to write an empty string.
                 String::new()
             } else {
-                match self.templated_string(&e.value, &format!("env value `{}`", e.key), scope) {
+                self.in_env_value = true;
+                let value =
+                    self.templated_string(&e.value, &format!("env value `{}`", e.key), scope);
+                self.in_env_value = false;
+                match value {
                     Some(v) => v,
                     None => continue,
                 }
@@ -1263,7 +1275,10 @@ pub(crate) fn parse_file(text: &str) -> Result<PipelineFile, Vec<PipelineError>>
         )]);
     }
     let (root, errors) = yaml::load(text);
-    let mut c = Checker { errors };
+    let mut c = Checker {
+        errors,
+        in_env_value: false,
+    };
     let Some(root) = root else {
         return Err(c.errors);
     };

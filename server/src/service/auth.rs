@@ -6,7 +6,7 @@
 use std::fmt;
 
 use rand::RngCore;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
 use sha2::{Digest, Sha256};
 
 use super::{Service, ServiceError};
@@ -98,9 +98,12 @@ impl Caller {
     }
 
     pub fn require(&self, scope: Scope) -> Result<(), ServiceError> {
-        // Admin implies every other scope except acting as a worker is also granted, so
-        // the bootstrap token can run agents as the design's contract says.
-        if self.scopes.has(scope) || self.scopes.has(Scope::Admin) {
+        // Admin implies every other scope (the bootstrap token can also run agents);
+        // write implies read, as a token that may trigger a run may look at it. Agent
+        // implies nothing: a worker's token only leases, heartbeats, logs and completes.
+        let implied = self.scopes.has(Scope::Admin)
+            || (scope == Scope::Read && self.scopes.has(Scope::Write));
+        if self.scopes.has(scope) || implied {
             Ok(())
         } else {
             Err(ServiceError::Forbidden(format!(
@@ -220,6 +223,21 @@ impl Service {
         if record.revoked_at.is_some() {
             return Err(ServiceError::Unauthenticated);
         }
+        let now = self.now_ms();
+        if self.should_record_use(&record.id, now) {
+            // Best effort: a failed bookkeeping write must not refuse the request.
+            let res = api_token::Entity::update_many()
+                .col_expr(
+                    api_token::Column::LastUsedAt,
+                    sea_orm::sea_query::Expr::value(now),
+                )
+                .filter(api_token::Column::Id.eq(record.id.clone()))
+                .exec(self.store().db())
+                .await;
+            if let Err(e) = res {
+                tracing::warn!(token_id = %record.id, error = %e, "could not record token use");
+            }
+        }
         Ok(Caller {
             tenant_id: record
                 .tenant_id
@@ -261,6 +279,56 @@ impl Service {
         )
         .await?;
         Ok(TokenCreated { token, record })
+    }
+}
+
+impl Service {
+    /// Revokes a token: every later request with it is UNAUTHENTICATED. Admin only;
+    /// revoking a revoked token changes nothing.
+    pub async fn revoke_api_token(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<api_token::Model, ServiceError> {
+        caller.require(Scope::Admin)?;
+        let record = api_token::Entity::find_by_id(id.to_owned())
+            .one(self.store().db())
+            .await?
+            .filter(|t| caller.sees(&t.tenant_id))
+            .ok_or(ServiceError::not_found("api token"))?;
+        if record.revoked_at.is_some() {
+            return Ok(record);
+        }
+        let mut m: api_token::ActiveModel = record.into();
+        m.revoked_at = Set(Some(self.now_ms()));
+        let updated = m.update(self.store().db()).await?;
+        tracing::info!(token_id = %updated.id, tenant_id = %updated.tenant_id, "api token revoked");
+        Ok(updated)
+    }
+
+    /// The tokens of a tenant (default: every tenant the caller sees). Admin only;
+    /// never their secrets.
+    pub async fn api_tokens(
+        &self,
+        caller: &Caller,
+        tenant: Option<&str>,
+    ) -> Result<Vec<api_token::Model>, ServiceError> {
+        caller.require(Scope::Admin)?;
+        let mut q = api_token::Entity::find().order_by_asc(api_token::Column::CreatedAt);
+        if let Some(t) = tenant {
+            let t = self.resolve_tenant(caller, Some(t)).await?;
+            q = q.filter(api_token::Column::TenantId.eq(t.id));
+        }
+        let mut rows: Vec<api_token::Model> = q
+            .all(self.store().db())
+            .await?
+            .into_iter()
+            .filter(|t| caller.sees(&t.tenant_id))
+            .collect();
+        for r in &mut rows {
+            r.token_hash.clear();
+        }
+        Ok(rows)
     }
 }
 
@@ -310,5 +378,26 @@ mod tests {
             c.require(Scope::Write),
             Err(ServiceError::Forbidden(_))
         ));
+    }
+
+    #[test]
+    fn scope_implications() {
+        let with = |s: &[Scope]| Caller {
+            tenant_id: TenantId::new(),
+            token_id: None,
+            scopes: s.iter().fold(Scopes::default(), |a, x| a.with(*x)),
+        };
+        let agent = with(&[Scope::Agent]);
+        for s in [Scope::Read, Scope::Write, Scope::Admin] {
+            assert!(agent.require(s).is_err(), "agent must not imply {s:?}");
+        }
+        let write = with(&[Scope::Write]);
+        assert!(write.require(Scope::Read).is_ok());
+        assert!(write.require(Scope::Agent).is_err());
+        assert!(write.require(Scope::Admin).is_err());
+        let admin = with(&[Scope::Admin]);
+        for s in Scope::ALL {
+            assert!(admin.require(s).is_ok());
+        }
     }
 }

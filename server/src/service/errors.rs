@@ -32,6 +32,12 @@ pub enum ServiceError {
     Overloaded(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// A size or count limit was reached (page, body, log, connections, file).
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+    /// Secrets cannot be stored: the node has no secret key.
+    #[error("secrets are disabled: start the server with GANTRY_SECRET_KEY or --secret-key-file")]
+    SecretKeyMissing,
     #[error("{0} is not implemented yet")]
     NotImplemented(&'static str),
     /// A bug or an unexpected failure; the cause is logged, never sent to clients.
@@ -69,6 +75,8 @@ impl ServiceError {
             ServiceError::Overloaded(_) => "OVERLOADED",
             ServiceError::Unavailable(_) => "UNAVAILABLE",
             ServiceError::NotImplemented(_) => "NOT_IMPLEMENTED",
+            ServiceError::LimitExceeded(_) => "LIMIT_EXCEEDED",
+            ServiceError::SecretKeyMissing => "SECRET_KEY_MISSING",
             ServiceError::Internal(_) => "INTERNAL",
         }
     }

@@ -8,22 +8,28 @@
 
 mod auth;
 mod errors;
+mod limits;
 mod planning;
 mod progress;
 mod queries;
 mod reconcile;
 mod runs;
+mod secrets;
 mod tenants;
+mod webhooks;
 mod work;
 
 use std::sync::Arc;
 
 pub use auth::{Caller, Scope, Scopes, TokenCreated};
 pub use errors::ServiceError;
+pub use limits::WsConnectionGuard;
 pub use queries::{EventFilter, Page, RunFilter};
 pub use reconcile::Reconciled;
 pub use runs::TriggerInput;
+pub use secrets::{SecretInput, SecretKey};
 pub use tenants::{PipelineInput, PipelineUpdate, TenantInput};
+pub use webhooks::{WebhookOutcome, WebhookRequest};
 pub use work::{AttemptOutcome, HeartbeatReply, LeasedAttempt, LogPiece, WorkerInput};
 
 use crate::clock::SharedClock;
@@ -41,6 +47,14 @@ pub struct ServiceConfig {
     pub max_page_size: usize,
     /// Largest log volume kept per attempt; beyond it output is dropped with a notice.
     pub max_log_bytes_per_attempt: i64,
+    /// Longest log line kept; a longer line is cut with a notice.
+    pub max_log_line_bytes: usize,
+    /// Most open GraphQL WebSocket connections of one token.
+    pub max_ws_connections_per_token: usize,
+    /// Largest WebSocket message accepted from a client.
+    pub max_ws_message_bytes: usize,
+    /// The key that encrypts secrets; without it secrets cannot be set.
+    pub secret_key: Option<Arc<SecretKey>>,
 }
 
 impl Default for ServiceConfig {
@@ -50,6 +64,10 @@ impl Default for ServiceConfig {
             max_pipeline_bytes: 1024 * 1024,
             max_page_size: 500,
             max_log_bytes_per_attempt: 64 * 1024 * 1024,
+            max_log_line_bytes: 64 * 1024,
+            max_ws_connections_per_token: 32,
+            max_ws_message_bytes: 256 * 1024,
+            secret_key: None,
         }
     }
 }
@@ -67,6 +85,7 @@ struct Inner {
     bus: EventBus,
     wakeups: Wakeups,
     config: ServiceConfig,
+    limits: limits::Limits,
 }
 
 impl Service {
@@ -86,6 +105,7 @@ impl Service {
                 bus,
                 wakeups,
                 config,
+                limits: limits::Limits::default(),
             }),
         }
     }

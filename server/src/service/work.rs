@@ -46,6 +46,8 @@ pub struct LeasedAttempt {
     pub run: run::Model,
     pub spec: PlannedTask,
     pub lease_token: String,
+    /// Secret values injected into the spec, for the worker to mask in the log.
+    pub masks: Vec<String>,
 }
 
 /// What a heartbeat tells the worker.
@@ -124,6 +126,28 @@ impl Service {
         .await?)
     }
 
+    /// NOT_FOUND unless the attempt exists and belongs to a tenant the caller sees.
+    async fn visible_attempt(&self, caller: &Caller, attempt_id: &str) -> Result<(), ServiceError> {
+        attempt::Entity::find_by_id(attempt_id.to_owned())
+            .one(self.store().db())
+            .await?
+            .filter(|a| caller.sees(&a.tenant_id))
+            .map(|_| ())
+            .ok_or(ServiceError::not_found("attempt"))
+    }
+
+    fn resolve_secrets_empty(&self, spec: &mut PlannedTask) {
+        let none = std::collections::BTreeMap::new();
+        let fix = |v: &mut String| *v = crate::pipeline::expr::resolve_secret_markers(v, &none);
+        spec.env.values_mut().for_each(fix);
+        for s in &mut spec.steps {
+            s.env.values_mut().for_each(fix);
+            if let crate::pipeline::StepKind::Run { script, .. } = &mut s.kind {
+                fix(script);
+            }
+        }
+    }
+
     async fn worker_of(
         &self,
         caller: &Caller,
@@ -138,6 +162,10 @@ impl Service {
 
     /// Leases the next attempt of one of `queues`, waiting up to `wait` for one to arrive.
     /// Waiting is pushed, not polled: a commit that queues work wakes the waiters at once.
+    ///
+    /// A tenant's agent token leases only its tenant's attempts; an admin-scoped worker
+    /// (the in-process pool, or an agent started with an admin token) serves every
+    /// tenant.
     pub async fn lease_attempt(
         &self,
         caller: &Caller,
@@ -167,7 +195,9 @@ impl Service {
                 w.as_mut().enable();
             }
             for q in &queues {
-                if let Some(leased) = self.try_lease(&worker.id, q).await? {
+                let tenant =
+                    (!caller.scopes.has(Scope::Admin)).then(|| caller.tenant_id.to_string());
+                if let Some(leased) = self.try_lease_for(&worker.id, q, tenant.as_deref()).await? {
                     return Ok(Some(leased));
                 }
             }
@@ -185,11 +215,21 @@ impl Service {
     }
 
     /// One lease try on one queue: claims an attempt and starts it, in one transaction.
-    #[instrument(skip_all, fields(queue = %queue))]
     pub async fn try_lease(
         &self,
         worker_id: &str,
         queue: &str,
+    ) -> Result<Option<LeasedAttempt>, ServiceError> {
+        self.try_lease_for(worker_id, queue, None).await
+    }
+
+    /// One lease try on one queue, restricted to one tenant's attempts when given.
+    #[instrument(skip_all, fields(queue = %queue, tenant_id = ?tenant_id))]
+    pub async fn try_lease_for(
+        &self,
+        worker_id: &str,
+        queue: &str,
+        tenant_id: Option<&str>,
     ) -> Result<Option<LeasedAttempt>, ServiceError> {
         let wtx = self.store().write().await?;
         let db = &wtx.tx;
@@ -203,6 +243,7 @@ impl Service {
                 lease_token: &token,
                 lease_expires_at: now + self.config().lease_ms,
                 now,
+                tenant_id,
             },
         )
         .await?;
@@ -255,9 +296,20 @@ impl Service {
                 Transition::check(RunState::Queued, RunState::Running, "first task started")?,
             ));
         }
-        let spec: PlannedTask = serde_json::from_str(&t.spec)
+        let mut spec: PlannedTask = serde_json::from_str(&t.spec)
             .map_err(|e| ServiceError::Internal(format!("corrupt task spec: {e}")))?;
         self.commit(wtx, now, fx).await?;
+        // After the commit: the stored spec keeps markers, only the worker sees values.
+        // A secret that cannot be decrypted leaves its variable empty (logged), like an
+        // undefined one, rather than stranding the leased attempt.
+        let masks = match self.resolve_secrets(&r, &mut spec).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(attempt_id = %a.id, error = %e, "secrets could not be resolved");
+                self.resolve_secrets_empty(&mut spec);
+                Vec::new()
+            }
+        };
         let attempt = attempt::Entity::find_by_id(a.id.clone())
             .one(self.store().db())
             .await?
@@ -268,6 +320,7 @@ impl Service {
             run: r,
             spec,
             lease_token: token,
+            masks,
         }))
     }
 
@@ -279,6 +332,7 @@ impl Service {
         lease_token: &str,
     ) -> Result<HeartbeatReply, ServiceError> {
         caller.require(Scope::Agent)?;
+        self.visible_attempt(caller, attempt_id).await?;
         let now = self.now_ms();
         let expires = now + self.config().lease_ms;
         let res = attempt::Entity::update_many()
@@ -317,6 +371,7 @@ impl Service {
         pieces: Vec<LogPiece>,
     ) -> Result<i64, ServiceError> {
         caller.require(Scope::Agent)?;
+        self.visible_attempt(caller, attempt_id).await?;
         let wtx = self.store().write().await?;
         let (len, written) = self
             .append_log_in(&wtx.tx, attempt_id, Some(lease_token), pieces)
@@ -343,6 +398,7 @@ impl Service {
         }
         let now = self.now_ms();
         let limit = self.config().max_log_bytes_per_attempt;
+        let line_limit = self.config().max_log_line_bytes;
         let mut offset = a.log_bytes;
         let mut rows = Vec::new();
         let mut written = Vec::new();
@@ -350,7 +406,7 @@ impl Service {
             if p.data.is_empty() || offset >= limit {
                 continue;
             }
-            let mut data = p.data;
+            let mut data = super::limits::cap_lines(p.data, line_limit);
             if offset + data.len() as i64 > limit {
                 let mut cut = (limit - offset) as usize;
                 while !data.is_char_boundary(cut) {
@@ -402,6 +458,7 @@ impl Service {
         last_log: Vec<LogPiece>,
     ) -> Result<attempt::Model, ServiceError> {
         caller.require(Scope::Agent)?;
+        self.visible_attempt(caller, attempt_id).await?;
         let wtx = self.store().write().await?;
         let db = &wtx.tx;
         let now = self.now_ms();

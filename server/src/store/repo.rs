@@ -166,6 +166,8 @@ pub struct Claim<'a> {
     pub lease_token: &'a str,
     pub lease_expires_at: i64,
     pub now: i64,
+    /// Only attempts of this tenant (a tenant's agent); `None` serves every tenant.
+    pub tenant_id: Option<&'a str>,
 }
 
 /// Claims the next queued attempt of a queue — highest priority, then oldest — by
@@ -175,12 +177,14 @@ pub async fn claim_attempt(
     c: Claim<'_>,
 ) -> Result<Option<attempt::Model>, StoreError> {
     let backend = db.get_database_backend();
+    // A NULL tenant bound matches every tenant.
+    let tenant: sea_orm::Value = c.tenant_id.map(str::to_owned).into();
     let (sql, values): (&str, Vec<sea_orm::Value>) = match backend {
         DbBackend::Postgres => (
             "UPDATE attempts SET state = 'leased', worker_id = $1, lease_token = $2, \
              lease_expires_at = $3, heartbeat_at = $4 \
              WHERE id = (SELECT id FROM attempts WHERE queue = $5 AND state = 'queued' \
-                         AND scheduled_at <= $4 \
+                         AND scheduled_at <= $4 AND tenant_id = COALESCE($6, tenant_id) \
                          ORDER BY priority DESC, scheduled_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
              AND state = 'queued' RETURNING *",
             vec![
@@ -189,6 +193,7 @@ pub async fn claim_attempt(
                 c.lease_expires_at.into(),
                 c.now.into(),
                 c.queue.into(),
+                tenant,
             ],
         ),
         // SQLite has one writer at a time, which makes the sub-select and the update atomic.
@@ -196,7 +201,7 @@ pub async fn claim_attempt(
             "UPDATE attempts SET state = 'leased', worker_id = ?, lease_token = ?, \
              lease_expires_at = ?, heartbeat_at = ? \
              WHERE id = (SELECT id FROM attempts WHERE queue = ? AND state = 'queued' \
-                         AND scheduled_at <= ? \
+                         AND scheduled_at <= ? AND tenant_id = COALESCE(?, tenant_id) \
                          ORDER BY priority DESC, scheduled_at, id LIMIT 1) \
              AND state = 'queued' RETURNING *",
             vec![
@@ -206,6 +211,7 @@ pub async fn claim_attempt(
                 c.now.into(),
                 c.queue.into(),
                 c.now.into(),
+                tenant,
             ],
         ),
     };

@@ -10,6 +10,8 @@ pub mod lease;
 pub mod log_chunk;
 pub mod pipeline;
 pub mod run;
+pub mod secret;
 pub mod task;
 pub mod tenant;
+pub mod webhook_delivery;
 pub mod worker;
