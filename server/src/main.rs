@@ -83,6 +83,10 @@ struct ServeArgs {
     /// Seconds between SIGTERM and SIGKILL when a step is stopped.
     #[arg(long, env = "GANTRY_KILL_GRACE_SECS", default_value_t = 10)]
     kill_grace_secs: u64,
+    /// Artifact store: `s3://bucket[/prefix]` (endpoint and credentials from the `AWS_*`
+    /// environment variables); without it, `<data-dir>/artifacts` on the filesystem.
+    #[arg(long, env = "GANTRY_ARTIFACT_STORE")]
+    artifact_store: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -159,6 +163,7 @@ fn node_config_for_db(db: &DbArgs) -> NodeConfig {
         admin_token: None,
         sandbox: Sandbox::None,
         kill_grace: Duration::from_secs(10),
+        artifact_store: None,
     }
 }
 
@@ -182,6 +187,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             SandboxArg::Bwrap => Sandbox::Bwrap,
         },
         kill_grace: Duration::from_secs(args.kill_grace_secs),
+        artifact_store: args.artifact_store,
     };
     let node = Node::start(config).await.context("start")?;
     tracing::info!(addr = %node.addr, node = %node.service.node(), "gantry serving");

@@ -244,6 +244,11 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// The host:port the server listens on.
     pub fn addr(&self) -> &str {
         self.url.trim_start_matches("http://")
@@ -374,6 +379,7 @@ unsafe extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
+pub mod s3;
 pub mod ws;
 
 /// A local git repository with one commit, for checkout tests.

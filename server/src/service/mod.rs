@@ -6,7 +6,9 @@
 //! through `store`, records their events in the same transaction, and publishes them only
 //! after the commit — nothing is announced that could still roll back.
 
+mod artifacts;
 mod auth;
+mod cache;
 mod errors;
 mod planning;
 mod progress;
@@ -17,6 +19,7 @@ mod work;
 
 use std::sync::Arc;
 
+pub use artifacts::UploadedArtifact;
 pub use auth::{Caller, Scope, Scopes, TokenCreated};
 pub use errors::ServiceError;
 pub use queries::{EventFilter, Page, RunFilter};
@@ -65,6 +68,8 @@ struct Inner {
     bus: EventBus,
     wakeups: Wakeups,
     config: ServiceConfig,
+    /// The artifact blob store, set once at start.
+    blobs: std::sync::OnceLock<crate::artifacts::BlobStore>,
 }
 
 impl Service {
@@ -84,6 +89,7 @@ impl Service {
                 bus,
                 wakeups,
                 config,
+                blobs: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -106,6 +112,15 @@ impl Service {
 
     pub fn config(&self) -> &ServiceConfig {
         &self.inner.config
+    }
+
+    /// Sets the artifact blob store; the first call wins.
+    pub fn set_blob_store(&self, blobs: crate::artifacts::BlobStore) {
+        let _ = self.inner.blobs.set(blobs);
+    }
+
+    pub fn blob_store(&self) -> Option<&crate::artifacts::BlobStore> {
+        self.inner.blobs.get()
     }
 
     pub fn now_ms(&self) -> i64 {

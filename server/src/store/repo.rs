@@ -4,7 +4,7 @@
 //! Every state change is `UPDATE … WHERE id = ? AND state = ?`; the boolean result says
 //! whether this caller won. Callers pass `now` so that time is injectable.
 
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, Func};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, Statement,
 };
@@ -77,7 +77,7 @@ pub async fn cas_task(
     if to == TaskState::Running {
         update = update.col_expr(
             task::Column::StartedAt,
-            Expr::cust_with_values("COALESCE(started_at, ?)", [now]),
+            Func::coalesce([Expr::col(task::Column::StartedAt).into(), Expr::value(now)]).into(),
         );
     }
     if to.is_terminal() {
