@@ -333,3 +333,83 @@ async fn an_expired_entry_is_rebuilt() {
         );
     }
 }
+
+/// A pipeline of 1,000 jobs in 10 layers of 100; each job after the first layer needs
+/// one job of the layer before.
+fn thousand_jobs(extra: &str) -> String {
+    let mut f = format!("name: wide\n{extra}\njobs:\n");
+    for layer in 0..10 {
+        for k in 0..100 {
+            f.push_str(&format!("  j{layer}_{k}:\n"));
+            if layer > 0 {
+                f.push_str(&format!("    needs: j{}_{k}\n", layer - 1));
+            }
+            f.push_str("    steps:\n      - run: \"true\"\n");
+        }
+    }
+    f
+}
+
+async fn timed_trigger(s: &Server, pipeline: &str, sha: &str) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    let id = s.trigger(pipeline, sha).await;
+    (id, started.elapsed())
+}
+
+/// Prints the time to plan a fully cached 1,000-job pipeline (the `triggerRun` round
+/// trip, which includes planning in one transaction) and the overhead of a cache hit per
+/// task against planning the same pipeline without cache. Figures, not assertions.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_planning_a_fully_cached_1000_job_pipeline() {
+    let mut o = ServerOptions::new(Backend::Sqlite);
+    o.workers = 4;
+    let s = Server::start(o).await;
+    let p = s
+        .create_pipeline("wide", "/src/app", &thousand_jobs(""))
+        .await;
+    let built = std::time::Instant::now();
+    let (first, _) = timed_trigger(&s, &p, "abc123").await;
+    let first = s.wait_run(&first, Duration::from_secs(900)).await;
+    assert_eq!(first["state"], "SUCCEEDED");
+    println!(
+        "building 1,000 trivial jobs with 4 workers: {:.1} s",
+        built.elapsed().as_secs_f64()
+    );
+
+    let mut cached = Vec::new();
+    for _ in 0..5 {
+        let (id, took) = timed_trigger(&s, &p, "abc123").await;
+        let run = s.run(&id).await;
+        assert_eq!(
+            run["state"], "SUCCEEDED",
+            "a fully cached run is done when planned"
+        );
+        assert!(states(&run).iter().all(|t| t == "CACHED"));
+        cached.push(took);
+    }
+
+    // The same file without cache, on a server without workers: planning only.
+    let mut o = ServerOptions::new(Backend::Sqlite);
+    o.workers = 0;
+    let bare = Server::start(o).await;
+    let q = bare
+        .create_pipeline("wide", "/src/app", &thousand_jobs("cache: false"))
+        .await;
+    let mut uncached = Vec::new();
+    for i in 0..5 {
+        let (_, took) = timed_trigger(&bare, &q, &format!("sha{i}")).await;
+        uncached.push(took);
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let c = median(&mut cached);
+    let u = median(&mut uncached);
+    println!(
+        "planning 1,000 jobs (triggerRun round trip, median of 5): fully cached {:.1} ms, without cache {:.1} ms; cache-hit overhead {:.1} µs per task",
+        c.as_secs_f64() * 1e3,
+        u.as_secs_f64() * 1e3,
+        (c.as_secs_f64() - u.as_secs_f64()) * 1e6 / 1000.0
+    );
+}

@@ -226,70 +226,96 @@ pub(crate) async fn apply_plan(
     for (key, task_id) in &rows.waiters {
         add_waiter(db, key, f.tenant_id, task_id, f.run_id, f.now).await?;
     }
+    if rows.cached.is_empty() {
+        return Ok(());
+    }
+    // Batched: a fully cached run of a thousand tasks must plan in a few statements.
+    let links: Vec<(&str, &str)> = rows
+        .cached
+        .iter()
+        .map(|c| (c.source_task_id.as_str(), c.task_id.as_str()))
+        .collect();
+    link_artifacts_many(db, &links, f.run_id, f.now).await?;
+    let mut by_ttl: HashMap<i64, Vec<String>> = HashMap::new();
     for c in &rows.cached {
-        link_artifacts(db, &c.source_task_id, &c.task_id, f.run_id, f.now).await?;
         if let Some(key) = &c.key {
-            refresh(db, key, f.now + c.ttl_ms).await?;
+            by_ttl.entry(c.ttl_ms).or_default().push(key.clone());
+        }
+    }
+    for (ttl, keys) in by_ttl {
+        for chunk in keys.chunks(IN_CHUNK) {
+            refresh_many(db, chunk, f.now + ttl).await?;
         }
     }
     Ok(())
 }
 
-/// Extends an entry (and its artifacts) on a hit.
-async fn refresh(
+/// Extends entries (and their artifacts) on hits.
+async fn refresh_many(
     db: &impl ConnectionTrait,
-    key: &str,
+    keys: &[String],
     expires_at: i64,
 ) -> Result<(), ServiceError> {
     cache_entry::Entity::update_many()
         .col_expr(cache_entry::Column::ExpiresAt, Expr::value(expires_at))
-        .filter(cache_entry::Column::Key.eq(key))
+        .filter(cache_entry::Column::Key.is_in(keys.to_vec()))
         .filter(cache_entry::Column::ExpiresAt.lt(expires_at))
         .exec(db)
         .await?;
     artifact::Entity::update_many()
         .col_expr(artifact::Column::ExpiresAt, Expr::value(expires_at))
-        .filter(artifact::Column::CacheKey.eq(key))
+        .filter(artifact::Column::CacheKey.is_in(keys.to_vec()))
         .filter(artifact::Column::ExpiresAt.lt(expires_at))
         .exec(db)
         .await?;
     Ok(())
 }
 
-/// Gives a cached task the artifacts of the task it reuses: the same blobs, new rows.
-async fn link_artifacts(
+/// Gives cached tasks the artifacts of the tasks they reuse: the same blobs, new rows.
+/// `links` pairs each source task with the task that reuses it.
+async fn link_artifacts_many(
     db: &impl ConnectionTrait,
-    source_task_id: &str,
-    task_id: &str,
+    links: &[(&str, &str)],
     run_id: &str,
     now: i64,
 ) -> Result<(), ServiceError> {
-    let source = artifact::Entity::find()
-        .filter(artifact::Column::TaskId.eq(source_task_id))
-        .all(db)
-        .await?;
-    if source.is_empty() {
-        return Ok(());
+    let mut reusers: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (source, task) in links {
+        reusers.entry(source).or_default().push(task);
     }
-    let rows: Vec<artifact::ActiveModel> = source
-        .into_iter()
-        .map(|a| artifact::ActiveModel {
-            id: Set(uuid::Uuid::now_v7().to_string()),
-            digest: Set(a.digest),
-            name: Set(a.name),
-            size: Set(a.size),
-            tenant_id: Set(a.tenant_id),
-            run_id: Set(run_id.to_owned()),
-            task_id: Set(task_id.to_owned()),
-            attempt_id: Set(a.attempt_id),
-            cache_key: Set(a.cache_key),
-            expires_at: Set(a.expires_at),
-            created_at: Set(now),
-        })
-        .collect();
-    artifact::Entity::insert_many(rows)
-        .exec_without_returning(db)
-        .await?;
+    let sources: Vec<String> = reusers.keys().map(|s| (*s).to_owned()).collect();
+    let mut rows: Vec<artifact::ActiveModel> = Vec::new();
+    for chunk in sources.chunks(IN_CHUNK) {
+        for a in artifact::Entity::find()
+            .filter(artifact::Column::TaskId.is_in(chunk.to_vec()))
+            .all(db)
+            .await?
+        {
+            for task in reusers.get(a.task_id.as_str()).into_iter().flatten() {
+                rows.push(artifact::ActiveModel {
+                    id: Set(uuid::Uuid::now_v7().to_string()),
+                    digest: Set(a.digest.clone()),
+                    name: Set(a.name.clone()),
+                    size: Set(a.size),
+                    tenant_id: Set(a.tenant_id.clone()),
+                    run_id: Set(run_id.to_owned()),
+                    task_id: Set((*task).to_owned()),
+                    attempt_id: Set(a.attempt_id.clone()),
+                    cache_key: Set(a.cache_key.clone()),
+                    expires_at: Set(a.expires_at),
+                    created_at: Set(now),
+                });
+            }
+        }
+    }
+    // Eleven columns a row: keep each statement under the bind-parameter limits.
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<_> = rows.by_ref().take(50).collect();
+        artifact::Entity::insert_many(chunk)
+            .exec_without_returning(db)
+            .await?;
+    }
     Ok(())
 }
 
@@ -365,9 +391,9 @@ pub(crate) async fn record_hit(
     source: &str,
     key: &str,
 ) -> Result<(), ServiceError> {
-    link_artifacts(db, source, &t.id, facts.run_id, facts.now).await?;
+    link_artifacts_many(db, &[(source, t.id.as_str())], facts.run_id, facts.now).await?;
     let ttl = spec_ttl(t);
-    refresh(db, key, facts.now + ttl).await
+    refresh_many(db, &[key.to_owned()], facts.now + ttl).await
 }
 
 fn spec_ttl(t: &task::Model) -> i64 {
@@ -489,6 +515,27 @@ async fn wake_waiters(
     Ok(())
 }
 
+/// Why a blocked task waits, when it waits for another task's build of its key.
+pub(crate) async fn waiting_for_build(
+    db: &impl ConnectionTrait,
+    task_id: &str,
+) -> Result<Option<String>, ServiceError> {
+    let Some(w) = cache_waiter::Entity::find_by_id(task_id.to_owned())
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let leader = cache_flight::Entity::find_by_id(w.key).one(db).await?;
+    Ok(Some(match leader {
+        Some(f) => format!(
+            "waiting for task {} of run {}, which is building the same cache key",
+            f.task_id, f.run_id
+        ),
+        None => "waiting for a build of the same cache key".to_owned(),
+    }))
+}
+
 /// The event of a task that reused a result.
 pub(crate) fn hit_event(
     facts: &RunFacts<'_>,
@@ -561,5 +608,135 @@ impl Service {
             tracing::info!(entries, "evicted expired cache entries");
         }
         Ok(entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sea_orm::{ActiveModelTrait, EntityTrait};
+
+    use super::*;
+    use crate::artifacts::BlobStore;
+    use crate::clock::ManualClock;
+    use crate::events::{EventBus, Wakeups};
+    use crate::service::ServiceConfig;
+    use crate::store::{Durability, Store};
+
+    async fn service(dir: &std::path::Path) -> Service {
+        let store = Store::connect(&Store::sqlite_url(dir), Durability::Normal)
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let s = Service::new(
+            store,
+            Arc::new(ManualClock::new(1_000)),
+            "test",
+            EventBus::default(),
+            Wakeups::default(),
+            ServiceConfig::default(),
+        );
+        s.set_blob_store(BlobStore::local(&dir.join("artifacts")).unwrap());
+        s
+    }
+
+    async fn blob(s: &Service, dir: &std::path::Path, content: &str) -> String {
+        let path = dir.join(format!("src-{content}"));
+        std::fs::write(&path, content).unwrap();
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(content.as_bytes()));
+        s.blob_store()
+            .unwrap()
+            .put_file(&digest, &path)
+            .await
+            .unwrap();
+        digest
+    }
+
+    async fn entry(s: &Service, key: &str, expires_at: i64) {
+        cache_entry::ActiveModel {
+            key: Set(key.into()),
+            tenant_id: Set("t".into()),
+            task_id: Set("task".into()),
+            run_id: Set("run".into()),
+            created_at: Set(0),
+            expires_at: Set(expires_at),
+        }
+        .insert(s.store().db())
+        .await
+        .unwrap();
+    }
+
+    async fn artifact_row(s: &Service, id: &str, digest: &str, expires_at: i64) {
+        artifact::ActiveModel {
+            id: Set(id.into()),
+            digest: Set(digest.into()),
+            name: Set(id.into()),
+            size: Set(1),
+            tenant_id: Set("t".into()),
+            run_id: Set("run".into()),
+            task_id: Set(format!("task-{id}")),
+            attempt_id: Set("attempt".into()),
+            cache_key: Set(None),
+            expires_at: Set(Some(expires_at)),
+            created_at: Set(0),
+        }
+        .insert(s.store().db())
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn evict_expired_drops_expired_entries_artifacts_unreferenced_blobs_and_orphan_flights() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(dir.path()).await;
+        entry(&s, "old", 500).await;
+        entry(&s, "fresh", 5_000).await;
+        let gone = blob(&s, dir.path(), "gone").await;
+        let shared = blob(&s, dir.path(), "shared").await;
+        artifact_row(&s, "a1", &gone, 500).await;
+        artifact_row(&s, "a2", &shared, 500).await;
+        artifact_row(&s, "a3", &shared, 5_000).await;
+        // A flight whose leader task does not exist any more.
+        take_flight(s.store().db(), "k", "t", "no-such-task", "run", 0)
+            .await
+            .unwrap();
+
+        assert_eq!(s.evict_expired(1_000).await.unwrap(), 1);
+
+        let keys: Vec<String> = cache_entry::Entity::find()
+            .all(s.store().db())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(keys, vec!["fresh".to_owned()]);
+        let arts: Vec<String> = artifact::Entity::find()
+            .all(s.store().db())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        assert_eq!(arts, vec!["a3".to_owned()]);
+        let blobs = s.blob_store().unwrap();
+        assert!(
+            !blobs.exists(&gone).await.unwrap(),
+            "unreferenced blob deleted"
+        );
+        assert!(
+            blobs.exists(&shared).await.unwrap(),
+            "a blob still referenced stays"
+        );
+        assert!(
+            cache_flight::Entity::find()
+                .all(s.store().db())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Idempotent.
+        assert_eq!(s.evict_expired(1_000).await.unwrap(), 0);
     }
 }
