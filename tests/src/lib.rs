@@ -125,6 +125,10 @@ pub fn repo_root() -> PathBuf {
 pub fn gantry_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        // Benchmarks may point at a release build instead.
+        if let Some(bin) = std::env::var_os("GANTRY_TEST_BIN") {
+            return PathBuf::from(bin);
+        }
         // Test executables live in <target>/<profile>/deps; the binary one level up.
         let exe = std::env::current_exe().expect("current exe");
         let profile_dir = exe

@@ -81,9 +81,12 @@ impl Service {
         sha256: Option<&str>,
         body: Spooled,
     ) -> Result<UploadedArtifact, ServiceError> {
-        if name.is_empty() || name.len() > MAX_NAME || name.contains('\0') {
+        let plain = std::path::Path::new(name)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if name.is_empty() || name.len() > MAX_NAME || name.contains('\0') || !plain {
             return Err(ServiceError::BadInput(format!(
-                "artifact name must be 1 to {MAX_NAME} characters"
+                "artifact name must be a relative path of 1 to {MAX_NAME} characters, without `..`"
             )));
         }
         let a = self.leased_attempt(caller, attempt_id, lease_token).await?;

@@ -24,9 +24,9 @@ use tracing::instrument;
 use super::planning::{PlanCache, PlannedRows, RunFacts, task_event};
 use super::progress::{self, Effects, parse_state};
 use super::{Service, ServiceError};
-use crate::domain::{TaskState, Transition};
+use crate::domain::{AttemptState, TaskState, Transition};
 use crate::pipeline::PlannedTask;
-use crate::store::entity::{artifact, cache_entry, cache_flight, cache_waiter, run, task};
+use crate::store::entity::{artifact, attempt, cache_entry, cache_flight, cache_waiter, run, task};
 
 /// Marks a lost race for a flight between two nodes planning at once: the transaction is
 /// rolled back and planned again, and then sees the other node's leader.
@@ -413,6 +413,22 @@ pub(crate) async fn task_settled(
     now: i64,
     fx: &mut Effects,
 ) -> Result<(), ServiceError> {
+    if to == TaskState::Succeeded {
+        // Only the succeeding attempt's artifacts are the task's: an earlier attempt that
+        // uploaded and then lost its lease leaves rows that must not be handed on.
+        let winner = attempt::Entity::find()
+            .filter(attempt::Column::TaskId.eq(t.id.clone()))
+            .filter(attempt::Column::State.eq(AttemptState::Succeeded.as_str()))
+            .one(db)
+            .await?;
+        if let Some(w) = winner {
+            artifact::Entity::delete_many()
+                .filter(artifact::Column::TaskId.eq(t.id.clone()))
+                .filter(artifact::Column::AttemptId.ne(w.id))
+                .exec(db)
+                .await?;
+        }
+    }
     let Some(key) = &t.cache_key else {
         return Ok(());
     };
