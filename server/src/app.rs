@@ -41,6 +41,8 @@ pub struct NodeConfig {
     pub reconciler: ReconcilerConfig,
     /// Encrypts secrets at rest; without it secrets cannot be set.
     pub secret_key: Option<crate::service::SecretKey>,
+    /// Where artifacts go: `None` for `<data_dir>/artifacts`, or `s3://bucket[/prefix]`.
+    pub artifact_store: Option<String>,
 }
 
 /// A started node.
@@ -65,6 +67,8 @@ pub enum StartError {
     Database(#[from] crate::store::StoreError),
     #[error("bootstrap: {0}")]
     Bootstrap(#[from] crate::service::ServiceError),
+    #[error("artifact store: {0}")]
+    Artifacts(#[from] crate::artifacts::BlobError),
     #[error("listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -116,6 +120,13 @@ impl Node {
                 ..ServiceConfig::default()
             },
         );
+        let blobs = match &config.artifact_store {
+            Some(url) => {
+                crate::artifacts::BlobStore::s3(url, &[], &config.data_dir.join("artifact-spool"))?
+            }
+            None => crate::artifacts::BlobStore::local(&config.data_dir.join("artifacts"))?,
+        };
+        service.set_blob_store(blobs);
         let generated_token = service.bootstrap(config.admin_token.as_deref()).await?;
         let default_tenant = service.ensure_default_tenant().await?;
         let system = Caller::system(default_tenant.id.parse().map_err(|_| {

@@ -228,6 +228,7 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
         shutdown_grace: Duration::from_secs(30),
         reconciler: crate::reconciler::ReconcilerConfig::default(),
         secret_key: None,
+        artifact_store: None,
     };
     let node = Node::start(config).await?;
     let tenant = node.service.ensure_default_tenant().await?;

@@ -6,12 +6,14 @@
 //! - `http`, `graphql` — the API surfaces; thin, they call `service`.
 //! - `scheduler`, `dispatch`, `reconciler` — background services over `service`.
 //! - `service` — use cases and authorization.
-//! - `store` — persistence by compare-and-set; `events` — the bus and wake-ups.
+//! - `store` — persistence by compare-and-set; `events` — the bus and wake-ups;
+//!   `artifacts` — the content-addressed blob store.
 //! - `executor`, `agent` — running an attempt on a machine, locally or remotely.
 //! - `pipeline` — the file format; `domain` — pure rules; `clock` — injectable time.
 
 pub mod agent;
 pub mod app;
+pub mod artifacts;
 pub mod bench;
 pub mod clock;
 pub mod dispatch;

@@ -100,6 +100,10 @@ struct ServeArgs {
     /// File holding the secret key (base64), instead of `--secret-key`.
     #[arg(long, env = "GANTRY_SECRET_KEY_FILE", conflicts_with = "secret_key")]
     secret_key_file: Option<PathBuf>,
+    /// Artifact store: `s3://bucket[/prefix]` (endpoint and credentials from the `AWS_*`
+    /// environment variables); without it, `<data-dir>/artifacts` on the filesystem.
+    #[arg(long, env = "GANTRY_ARTIFACT_STORE")]
+    artifact_store: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -183,6 +187,7 @@ fn node_config_for_db(db: &DbArgs) -> NodeConfig {
         shutdown_grace: Duration::from_secs(30),
         reconciler: ReconcilerConfig::default(),
         secret_key: None,
+        artifact_store: None,
     }
 }
 
@@ -217,6 +222,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..ReconcilerConfig::default()
         },
         secret_key,
+        artifact_store: args.artifact_store,
     };
     config.reconciler.validate().map_err(anyhow::Error::msg)?;
     let node = Node::start(config).await.context("start")?;

@@ -125,6 +125,10 @@ pub fn repo_root() -> PathBuf {
 pub fn gantry_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        // Benchmarks may point at a release build instead.
+        if let Some(bin) = std::env::var_os("GANTRY_TEST_BIN") {
+            return PathBuf::from(bin);
+        }
         // Test executables live in <target>/<profile>/deps; the binary one level up.
         let exe = std::env::current_exe().expect("current exe");
         let profile_dir = exe
@@ -252,6 +256,11 @@ impl Server {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         self.url = url;
         self.child = Some(child);
+    }
+
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 
     /// The host:port the server listens on.
@@ -390,6 +399,7 @@ unsafe extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
+pub mod s3;
 pub mod ws;
 
 /// A local git repository with one commit, for checkout tests.

@@ -11,9 +11,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::artifacts::LEASE_HEADER;
+use crate::executor::CollectedArtifact;
 use crate::executor::Sandbox;
 use crate::executor::runner::{
-    self, Job, LinkError, OutputPiece, Report, RunnerConfig, WorkerLink,
+    self, InputArtifact, Job, LinkError, OutputPiece, Report, RunnerConfig, WorkerLink,
 };
 use crate::pipeline::PlannedTask;
 
@@ -69,8 +71,13 @@ pub enum AgentError {
 pub struct Client {
     http: reqwest::Client,
     url: String,
+    /// The server's base URL, for the artifact endpoints.
+    base: String,
     token: String,
 }
+
+/// Longest artifact transfer before it is given up.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl Client {
     pub fn new(server: &str, token: &str) -> Client {
@@ -80,6 +87,7 @@ impl Client {
                 .build()
                 .unwrap_or_default(),
             url: format!("{}/graphql", server.trim_end_matches('/')),
+            base: server.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
         }
     }
@@ -153,8 +161,100 @@ where
     }
 }
 
+/// Maps an HTTP answer of an artifact endpoint to the link's errors.
+async fn transfer_error(res: reqwest::Response) -> LinkError {
+    let status = res.status();
+    let body = res.text().await.unwrap_or_default();
+    if status == reqwest::StatusCode::CONFLICT {
+        LinkError::Fenced
+    } else {
+        LinkError::Other(format!(
+            "HTTP {status}: {}",
+            body.chars().take(500).collect::<String>()
+        ))
+    }
+}
+
 #[async_trait::async_trait]
 impl WorkerLink for Client {
+    async fn input_artifacts(
+        &self,
+        attempt_id: &str,
+        lease_token: &str,
+    ) -> Result<Vec<InputArtifact>, LinkError> {
+        let res = self
+            .http
+            .get(format!("{}/attempts/{attempt_id}/inputs", self.base))
+            .bearer_auth(&self.token)
+            .header(LEASE_HEADER, lease_token)
+            .send()
+            .await
+            .map_err(|e| LinkError::Other(e.to_string()))?;
+        if !res.status().is_success() {
+            return Err(transfer_error(res).await);
+        }
+        res.json()
+            .await
+            .map_err(|e| LinkError::Other(format!("inputs: {e}")))
+    }
+
+    async fn download_artifact(
+        &self,
+        artifact: &InputArtifact,
+        dest: &std::path::Path,
+    ) -> Result<(), LinkError> {
+        let res = self
+            .http
+            .get(format!("{}/artifacts/{}", self.base, artifact.id))
+            .bearer_auth(&self.token)
+            .timeout(TRANSFER_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| LinkError::Other(e.to_string()))?;
+        if !res.status().is_success() {
+            return Err(transfer_error(res).await);
+        }
+        crate::artifacts::write_verified(Box::pin(res.bytes_stream()), &artifact.sha256, dest)
+            .await
+            .map(|_| ())
+            .map_err(|e| LinkError::Other(e.to_string()))
+    }
+
+    async fn upload_artifact(
+        &self,
+        attempt_id: &str,
+        lease_token: &str,
+        a: &CollectedArtifact,
+    ) -> Result<(), LinkError> {
+        let file = tokio::fs::File::open(&a.path)
+            .await
+            .map_err(|e| LinkError::Other(format!("{}: {e}", a.path.display())))?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+            file,
+            256 * 1024,
+        ));
+        let res = self
+            .http
+            .put(format!("{}/artifacts", self.base))
+            .query(&[
+                ("attempt", attempt_id),
+                ("name", &a.name),
+                ("sha256", &a.sha256),
+            ])
+            .bearer_auth(&self.token)
+            .header(LEASE_HEADER, lease_token)
+            .header(reqwest::header::CONTENT_LENGTH, a.size)
+            .timeout(TRANSFER_TIMEOUT)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| LinkError::Other(e.to_string()))?;
+        if !res.status().is_success() {
+            return Err(transfer_error(res).await);
+        }
+        Ok(())
+    }
+
     async fn heartbeat(&self, attempt_id: &str, lease_token: &str) -> Result<bool, LinkError> {
         let data = self
             .call(

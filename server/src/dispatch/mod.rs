@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::events::Signal;
+use crate::executor::CollectedArtifact;
 use crate::executor::runner::{
-    self, Job, LinkError, OutputPiece, Report, RunnerConfig, WorkerLink,
+    self, InputArtifact, Job, LinkError, OutputPiece, Report, RunnerConfig, WorkerLink,
 };
 use crate::service::{AttemptOutcome, Caller, LogPiece, Service, ServiceError, WorkerInput};
 
@@ -68,6 +69,66 @@ fn pieces(p: Vec<OutputPiece>) -> Vec<LogPiece> {
 
 #[async_trait::async_trait]
 impl WorkerLink for ServiceLink {
+    async fn input_artifacts(
+        &self,
+        attempt_id: &str,
+        lease_token: &str,
+    ) -> Result<Vec<InputArtifact>, LinkError> {
+        let list = self
+            .service
+            .input_artifacts(&self.caller, attempt_id, lease_token)
+            .await
+            .map_err(link_error)?;
+        Ok(list
+            .into_iter()
+            .map(|(task, a)| InputArtifact {
+                id: a.id,
+                task,
+                name: a.name,
+                size: a.size as u64,
+                sha256: a.digest,
+            })
+            .collect())
+    }
+
+    async fn download_artifact(
+        &self,
+        artifact: &InputArtifact,
+        dest: &std::path::Path,
+    ) -> Result<(), LinkError> {
+        self.service
+            .artifact_to_file(&artifact.sha256, dest)
+            .await
+            .map(|_| ())
+            .map_err(link_error)
+    }
+
+    async fn upload_artifact(
+        &self,
+        attempt_id: &str,
+        lease_token: &str,
+        a: &CollectedArtifact,
+    ) -> Result<(), LinkError> {
+        // The collected copy is already outside the workspace and hashed: it is the spool.
+        let spooled = crate::artifacts::Spooled {
+            path: a.path.clone(),
+            size: a.size,
+            sha256: a.sha256.clone(),
+        };
+        self.service
+            .upload_artifact(
+                &self.caller,
+                attempt_id,
+                lease_token,
+                &a.name,
+                Some(&a.sha256),
+                spooled,
+            )
+            .await
+            .map(|_| ())
+            .map_err(link_error)
+    }
+
     async fn heartbeat(&self, attempt_id: &str, lease_token: &str) -> Result<bool, LinkError> {
         self.service
             .heartbeat(&self.caller, attempt_id, lease_token)
@@ -214,7 +275,7 @@ async fn worker(
             Ok(Some(l)) => l,
             Ok(None) => continue,
             Err(e) => {
-                tracing::warn!(error = %e, "lease failed");
+                tracing::warn!(error = ?e, "lease failed");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}

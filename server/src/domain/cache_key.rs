@@ -4,6 +4,9 @@
 //! output: provider, repository, sha, the task's resolved spec (steps, env, image, matrix
 //! values) and the digests of the artifacts it consumes. Anything not listed here must not
 //! influence a build, or a cache hit could return a wrong result.
+//!
+//! The tenant is part of the key too: two tenants building the same public repository never
+//! share results, so one tenant cannot plant a build that another one consumes.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -11,6 +14,7 @@ use sha2::{Digest, Sha256};
 /// The inputs of a task's cache key.
 #[derive(Debug, Clone, Serialize)]
 pub struct CacheKeyInputs<'a, S: Serialize> {
+    pub tenant: &'a str,
     pub provider: &'a str,
     pub repository: &'a str,
     pub sha: &'a str,
@@ -45,6 +49,7 @@ mod tests {
     fn key(sha: &str, env: &[(&str, &str)], consumed: &[String]) -> String {
         let spec: BTreeMap<_, _> = env.iter().copied().collect();
         CacheKeyInputs {
+            tenant: "t",
             provider: "git",
             repository: "r",
             sha,

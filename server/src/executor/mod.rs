@@ -77,6 +77,19 @@ pub struct ExecSpec {
     pub keep_workspace: bool,
     /// Secret values replaced by `***` in all log output.
     pub masks: Vec<String>,
+    /// Files placed into the workspace before the first step (the artifacts of the
+    /// tasks this one needs).
+    #[serde(default)]
+    pub inputs: Vec<InputFile>,
+}
+
+/// A file to place into the workspace before the steps run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    /// Where the file is now; it is moved into the workspace.
+    pub source: PathBuf,
+    /// Path relative to the workspace; only plain components are accepted.
+    pub dest: String,
 }
 
 impl ExecSpec {
@@ -99,6 +112,7 @@ impl ExecSpec {
             artifacts: Vec::new(),
             keep_workspace: false,
             masks: Vec::new(),
+            inputs: Vec::new(),
         }
     }
 }
@@ -390,6 +404,13 @@ async fn run_attempt(
     if spec.sandbox == Sandbox::Bwrap && !bwrap_available() {
         return Err(ExecError::SandboxUnavailable.into());
     }
+    if !spec.inputs.is_empty() {
+        let inputs = spec.inputs.clone();
+        let ws = workspace.to_path_buf();
+        tokio::task::spawn_blocking(move || place_inputs(&ws, &inputs))
+            .await
+            .map_err(|e| ExecError::Internal(format!("placing inputs panicked: {e}")))??;
+    }
 
     for step in &spec.steps {
         if ctx.cancel.is_cancelled() {
@@ -450,4 +471,34 @@ async fn run_attempt(
             .await
             .map_err(|e| ExecError::Internal(format!("artifact collection panicked: {e}")))??;
     Ok(collected)
+}
+
+/// Moves the input files into the workspace at their relative paths. A path that could
+/// leave the workspace is refused; a later input with the same path replaces an earlier one.
+fn place_inputs(workspace: &Path, inputs: &[InputFile]) -> Result<(), ExecError> {
+    for input in inputs {
+        let rel = Path::new(&input.dest);
+        let plain = !input.dest.is_empty()
+            && rel
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain {
+            return Err(ExecError::InvalidSpec(format!(
+                "input {:?} is not a plain relative path",
+                input.dest
+            )));
+        }
+        let dest = workspace.join(rel);
+        let io = |source| ExecError::Workspace {
+            path: dest.clone(),
+            source,
+        };
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        if std::fs::rename(&input.source, &dest).is_err() {
+            std::fs::copy(&input.source, &dest).map_err(io)?;
+        }
+    }
+    Ok(())
 }

@@ -4,15 +4,17 @@
 //! The same runner serves the in-process pool and the remote agent; they differ only in
 //! their [`WorkerLink`] — direct service calls or the server's API.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::Deserialize;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Checkout, ExecSpec, FailureKind, LogChunk, LogStream, Outcome, ResourceLimits, Sandbox, Step,
-    execute,
+    Checkout, CollectedArtifact, ExecSpec, FailureKind, InputFile, LogChunk, LogStream, Outcome,
+    ResourceLimits, Sandbox, Step, execute,
 };
 use crate::domain::ErrorKind;
 use crate::pipeline::{PlannedTask, StepKind};
@@ -56,9 +58,40 @@ pub enum LinkError {
     Other(String),
 }
 
+/// An artifact a task receives from a task it needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InputArtifact {
+    pub id: String,
+    /// The task that produced it.
+    pub task: String,
+    /// Its path relative to the producing workspace; it is placed at the same path.
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
 /// The worker's calls to the server.
 #[async_trait::async_trait]
 pub trait WorkerLink: Send + Sync {
+    /// The artifacts of the tasks this attempt's task needs.
+    async fn input_artifacts(
+        &self,
+        attempt_id: &str,
+        lease_token: &str,
+    ) -> Result<Vec<InputArtifact>, LinkError>;
+    /// Streams one artifact into `dest`, verifying its digest.
+    async fn download_artifact(
+        &self,
+        artifact: &InputArtifact,
+        dest: &Path,
+    ) -> Result<(), LinkError>;
+    /// Streams one collected artifact to the server.
+    async fn upload_artifact(
+        &self,
+        attempt_id: &str,
+        lease_token: &str,
+        artifact: &CollectedArtifact,
+    ) -> Result<(), LinkError>;
     /// Renews the lease; `Ok(true)` means "stop: cancelled".
     async fn heartbeat(&self, attempt_id: &str, lease_token: &str) -> Result<bool, LinkError>;
     async fn append_log(
@@ -119,9 +152,14 @@ pub fn exec_spec(job: &Job, cfg: &RunnerConfig) -> ExecSpec {
                 artifacts.push(path.clone());
                 continue;
             }
-            // Artifact download and caches between jobs arrive with the artifact store;
-            // until then these steps do nothing, and say so in the log.
-            StepKind::DownloadArtifact { .. } | StepKind::Cache { .. } => Step::run(
+            // The artifacts of the needed jobs are placed before the first step, so the
+            // download step has nothing left to do.
+            StepKind::DownloadArtifact { .. } => Step::run(
+                name.unwrap_or_else(|| "download artifacts".into()),
+                "echo 'artifacts of the needed jobs are in the workspace at their paths'",
+            ),
+            // Caches between jobs are not supported yet; the step says so in the log.
+            StepKind::Cache { .. } => Step::run(
                 name.unwrap_or_else(|| format!("step {}", i + 1)),
                 "echo '##[warning] this action is not supported yet; skipped'",
             ),
@@ -147,6 +185,7 @@ pub fn exec_spec(job: &Job, cfg: &RunnerConfig) -> ExecSpec {
         artifacts,
         keep_workspace: false,
         masks: job.masks.clone(),
+        inputs: Vec::new(),
     }
 }
 
@@ -198,7 +237,76 @@ pub async fn run_job<L: WorkerLink + ?Sized>(
     stop: CancellationToken,
     handback: CancellationToken,
 ) -> Result<Report, LinkError> {
-    let spec = exec_spec(&job, cfg);
+    let mut spec = exec_spec(&job, cfg);
+    let inputs_dir = cfg
+        .workspace_root
+        .join(format!("{}.inputs", job.attempt_id));
+    let outputs_dir = cfg
+        .workspace_root
+        .join(format!("{}.artifacts", job.attempt_id));
+    let result = match fetch_inputs(link, &job, &inputs_dir).await {
+        Ok(inputs) => {
+            spec.inputs = inputs;
+            run_fetched(link, &job, spec, cfg, stop, handback).await
+        }
+        Err(LinkError::Fenced) => Err(LinkError::Fenced),
+        Err(LinkError::Other(e)) => {
+            let r = Report {
+                failure: Some(ErrorKind::Infra),
+                exit_code: None,
+                message: format!("downloading the artifacts of needed jobs failed: {e}"),
+            };
+            let log = vec![OutputPiece {
+                stream: "system",
+                data: format!("##[error] {}\n", r.message),
+            }];
+            link.complete(&job.attempt_id, &job.lease_token, r.clone(), log)
+                .await
+                .map(|()| r)
+        }
+    };
+    for dir in [inputs_dir, outputs_dir] {
+        if tokio::fs::metadata(&dir).await.is_ok()
+            && let Err(e) = tokio::fs::remove_dir_all(&dir).await
+        {
+            tracing::warn!(path = %dir.display(), error = %e, "could not remove a transfer directory");
+        }
+    }
+    result
+}
+
+/// Downloads the artifacts of the needed tasks into `dir`, as files to place.
+async fn fetch_inputs<L: WorkerLink + ?Sized>(
+    link: &L,
+    job: &Job,
+    dir: &Path,
+) -> Result<Vec<InputFile>, LinkError> {
+    if job.spec.needs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = link
+        .input_artifacts(&job.attempt_id, &job.lease_token)
+        .await?;
+    let mut inputs = Vec::with_capacity(list.len());
+    for (i, a) in list.iter().enumerate() {
+        let source = dir.join(i.to_string());
+        link.download_artifact(a, &source).await?;
+        inputs.push(InputFile {
+            source,
+            dest: a.name.clone(),
+        });
+    }
+    Ok(inputs)
+}
+
+async fn run_fetched<L: WorkerLink + ?Sized>(
+    link: &L,
+    job: &Job,
+    spec: ExecSpec,
+    cfg: &RunnerConfig,
+    stop: CancellationToken,
+    handback: CancellationToken,
+) -> Result<Report, LinkError> {
     let (tx, mut rx) = mpsc::channel::<LogChunk>(1024);
     let cancel = stop.child_token();
     let exec = tokio::spawn(execute(spec, tx, cancel.clone()));
@@ -244,7 +352,39 @@ pub async fn run_job<L: WorkerLink + ?Sized>(
             exit_code: None,
             message: "handed back: its worker shut down before it finished".into(),
         },
-        Ok(res) => report(&res.outcome),
+        Ok(res) => {
+            let mut r = report(&res.outcome);
+            if r.failure.is_none() {
+                for a in &res.artifacts {
+                    match link
+                        .upload_artifact(&job.attempt_id, &job.lease_token, a)
+                        .await
+                    {
+                        Ok(()) => pending.push(OutputPiece {
+                            stream: "system",
+                            data: format!(
+                                "##[artifact] {} ({} bytes, sha256 {})\n",
+                                a.name, a.size, a.sha256
+                            ),
+                        }),
+                        Err(LinkError::Fenced) => return Err(LinkError::Fenced),
+                        Err(LinkError::Other(e)) => {
+                            r = Report {
+                                failure: Some(ErrorKind::Infra),
+                                exit_code: None,
+                                message: format!("uploading artifact {:?} failed: {e}", a.name),
+                            };
+                            pending.push(OutputPiece {
+                                stream: "system",
+                                data: format!("##[error] {}\n", r.message),
+                            });
+                            break;
+                        }
+                    }
+                }
+            }
+            r
+        }
         Err(join) => Report {
             failure: Some(ErrorKind::Infra),
             exit_code: None,

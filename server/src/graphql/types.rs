@@ -9,7 +9,7 @@ use super::{caller, gql, service};
 use crate::clock::to_datetime;
 use crate::domain::{self, EventRecord};
 use crate::service::{Page, ServiceError};
-use crate::store::entity::{attempt, log_chunk, pipeline, run, task, tenant, worker};
+use crate::store::entity::{artifact, attempt, log_chunk, pipeline, run, task, tenant, worker};
 
 macro_rules! gql_enum {
     ($(#[$m:meta])* $name:ident from $domain:ty { $($v:ident),* $(,)? }) => {
@@ -361,6 +361,16 @@ impl Task {
     async fn cache_key(&self) -> Option<&str> {
         self.0.cache_key.as_deref()
     }
+    /// Files this task produced (or, when cached, reused), by name.
+    async fn artifacts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Artifact>> {
+        let s = service(ctx)?;
+        Ok(s.artifacts_of_task(&self.0.id)
+            .await
+            .map_err(gql)?
+            .into_iter()
+            .map(Artifact)
+            .collect())
+    }
     async fn max_attempts(&self) -> i32 {
         self.0.max_attempts
     }
@@ -380,6 +390,43 @@ impl Task {
 }
 
 /// One try of a task on one worker.
+/// A file produced by a task, stored once by content (sha256).
+pub struct Artifact(pub artifact::Model);
+
+#[Object]
+impl Artifact {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// Its path relative to the workspace that produced it.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// Size in bytes.
+    async fn size(&self) -> f64 {
+        self.0.size as f64
+    }
+    /// Lowercase hex sha256 of the content.
+    async fn sha256(&self) -> &str {
+        &self.0.digest
+    }
+    /// Where to download it (`GET`, with the bearer token).
+    async fn url(&self) -> String {
+        format!("/artifacts/{}", self.0.id)
+    }
+    /// The attempt that produced the content.
+    async fn attempt_id(&self) -> ID {
+        ID(self.0.attempt_id.clone())
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        to_datetime(self.0.created_at)
+    }
+    /// When it may be evicted (refreshed by each cache hit).
+    async fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.0.expires_at.map(to_datetime)
+    }
+}
+
 pub struct Attempt(pub attempt::Model);
 
 #[Object]

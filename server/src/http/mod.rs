@@ -1,8 +1,10 @@
 //! The HTTP surface: `/graphql` (POST and WebSocket), `/graphiql`, `/healthz`, `/readyz`,
-//! and the dashboard's static files at `/`.
+//! artifact upload and download (`/artifacts`), and the dashboard's static files at `/`.
 //!
 //! Handlers authenticate the request and hand it to GraphQL or the service; they hold no
 //! rules of their own.
+
+pub mod artifacts;
 
 use std::path::PathBuf;
 
@@ -42,6 +44,7 @@ pub fn router(state: AppState, web_dir: PathBuf) -> Router {
         .route("/readyz", get(readyz))
         .route("/webhooks/github", axum::routing::post(security::github))
         .route("/webhooks/gitlab", axum::routing::post(security::gitlab))
+        .merge(artifacts::routes())
         .fallback_service(web)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(security::limit_body))

@@ -6,7 +6,9 @@
 //! through `store`, records their events in the same transaction, and publishes them only
 //! after the commit — nothing is announced that could still roll back.
 
+mod artifacts;
 mod auth;
+mod cache;
 mod errors;
 mod limits;
 mod planning;
@@ -21,6 +23,7 @@ mod work;
 
 use std::sync::Arc;
 
+pub use artifacts::UploadedArtifact;
 pub use auth::{Caller, Scope, Scopes, TokenCreated};
 pub use errors::ServiceError;
 pub use limits::WsConnectionGuard;
@@ -86,6 +89,8 @@ struct Inner {
     wakeups: Wakeups,
     config: ServiceConfig,
     limits: limits::Limits,
+    /// The artifact blob store, set once at start.
+    blobs: std::sync::OnceLock<crate::artifacts::BlobStore>,
 }
 
 impl Service {
@@ -106,6 +111,7 @@ impl Service {
                 wakeups,
                 config,
                 limits: limits::Limits::default(),
+                blobs: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -128,6 +134,15 @@ impl Service {
 
     pub fn config(&self) -> &ServiceConfig {
         &self.inner.config
+    }
+
+    /// Sets the artifact blob store; the first call wins.
+    pub fn set_blob_store(&self, blobs: crate::artifacts::BlobStore) {
+        let _ = self.inner.blobs.set(blobs);
+    }
+
+    pub fn blob_store(&self) -> Option<&crate::artifacts::BlobStore> {
+        self.inner.blobs.get()
     }
 
     pub fn now_ms(&self) -> i64 {

@@ -6,7 +6,7 @@
 //! ([`readiness`]): a task with nothing pending runs when its `if:` says so, otherwise it is
 //! skipped, and a skip counts down its dependents in turn.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sea_orm::Set;
 use serde_json::json;
@@ -37,6 +37,32 @@ pub(crate) struct PlannedRows {
     pub events: Vec<NewEvent>,
     pub queues: Vec<String>,
     pub skipped: i32,
+    /// Tasks that reuse an earlier result: `(task id, source task id, key, ttl ms)`.
+    pub cached: Vec<CachedTask>,
+    /// Keys this run builds now, with the task that leads each build.
+    pub flights: Vec<(String, String)>,
+    /// Tasks waiting for another run's build of their key: `(key, task id)`.
+    pub waiters: Vec<(String, String)>,
+}
+
+/// A task planned as a cache hit.
+pub(crate) struct CachedTask {
+    pub task_id: String,
+    /// The task whose result (and artifacts) it reuses.
+    pub source_task_id: String,
+    pub key: Option<String>,
+    pub ttl_ms: i64,
+}
+
+/// What the cache says about a run's tasks, looked up before planning.
+#[derive(Default)]
+pub(crate) struct PlanCache {
+    /// Per planned task (same order): the task whose result it reuses, if any.
+    pub hits: Vec<Option<String>>,
+    /// Keys that a task of another run is building right now.
+    pub in_flight: HashSet<String>,
+    /// `noCache`: no hit, no waiting, no leading.
+    pub bypass: bool,
 }
 
 /// Whether a task whose upstream tasks are all finished should run, by GitHub Actions
@@ -133,11 +159,13 @@ impl NewAttempt<'_> {
     }
 }
 
-/// The cache key of a planned task. Consumed artifact digests join the key once
-/// artifacts flow between tasks; until then upstream specs stand in for them, so a changed
-/// upstream job still changes its dependents' keys.
+/// The cache key of a planned task. The keys of its upstream tasks stand in for the
+/// digests of the artifacts it consumes: a key is known at planning, before anything was
+/// built, and an upstream key determines the upstream's output as far as the cache is
+/// concerned (a cache hit reuses exactly the artifacts recorded under that key).
 fn cache_key(f: &RunFacts<'_>, t: &PlannedTask, upstream_keys: &[String]) -> String {
     CacheKeyInputs {
+        tenant: f.tenant_id,
         provider: f.provider,
         repository: f.repository,
         sha: f.sha,
@@ -154,8 +182,34 @@ fn cache_key(f: &RunFacts<'_>, t: &PlannedTask, upstream_keys: &[String]) -> Str
     .key()
 }
 
-/// Builds the rows of a run from its planned tasks (in topological order).
-pub(crate) fn plan_rows(f: &RunFacts<'_>, planned: Vec<PlannedTask>) -> PlannedRows {
+/// The cache key of every planned task (in topological order), whether or not its job
+/// caches: `rerunFailed` compares keys of jobs with `cache: false` too.
+pub(crate) fn cache_keys(f: &RunFacts<'_>, planned: &[PlannedTask]) -> Vec<String> {
+    let index: HashMap<&str, usize> = planned
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    let mut keys: Vec<String> = Vec::with_capacity(planned.len());
+    for t in planned {
+        let upstream: Vec<String> = t
+            .needs
+            .iter()
+            .filter_map(|n| index.get(n.as_str()).and_then(|&j| keys.get(j).cloned()))
+            .collect();
+        keys.push(cache_key(f, t, &upstream));
+    }
+    keys
+}
+
+/// Builds the rows of a run from its planned tasks (in topological order), their
+/// [`cache_keys`] and what the cache holds for them.
+pub(crate) fn plan_rows(
+    f: &RunFacts<'_>,
+    planned: Vec<PlannedTask>,
+    keys: Vec<String>,
+    cache: &PlanCache,
+) -> PlannedRows {
     let ids: Vec<String> = planned.iter().map(|_| TaskId::new().to_string()).collect();
     let index: HashMap<&str, usize> = planned
         .iter()
@@ -170,15 +224,8 @@ pub(crate) fn plan_rows(f: &RunFacts<'_>, planned: Vec<PlannedTask>) -> PlannedR
             }
         }
     }
-    let mut keys: Vec<String> = Vec::with_capacity(planned.len());
-    for t in &planned {
-        let upstream: Vec<String> = t
-            .needs
-            .iter()
-            .filter_map(|n| index.get(n.as_str()).and_then(|&j| keys.get(j).cloned()))
-            .collect();
-        keys.push(cache_key(f, t, &upstream));
-    }
+    let mut leading: HashSet<&str> = HashSet::new();
+    let mut waiting: Vec<bool> = vec![false; planned.len()];
 
     // In-memory readiness: a worklist of tasks whose counters reached zero.
     let gate = i32::from(f.held);
@@ -198,7 +245,27 @@ pub(crate) fn plan_rows(f: &RunFacts<'_>, planned: Vec<PlannedTask>) -> PlannedR
             .map(|&j| (state[j], planned[j].continue_on_error))
             .collect();
         if readiness(t.condition.as_deref(), &t.vars, &needs, false) {
-            state[i] = TaskState::Ready;
+            let caches = t.cache.enabled && !cache.bypass;
+            if cache.hits.get(i).is_some_and(Option::is_some) {
+                // A hit counts as a success for its dependents, at once.
+                state[i] = TaskState::Cached;
+                for &d in &dependents[i] {
+                    pending[d] -= 1;
+                    if pending[d] == 0 {
+                        work.push(d);
+                    }
+                }
+            } else if caches
+                && (cache.in_flight.contains(&keys[i]) || leading.contains(keys[i].as_str()))
+            {
+                // Single flight: the same build is running; wait for its result.
+                waiting[i] = true;
+            } else {
+                state[i] = TaskState::Ready;
+                if caches {
+                    leading.insert(keys[i].as_str());
+                }
+            }
         } else {
             state[i] = TaskState::Skipped;
             for &d in &dependents[i] {
@@ -216,12 +283,18 @@ pub(crate) fn plan_rows(f: &RunFacts<'_>, planned: Vec<PlannedTask>) -> PlannedR
         events: Vec::with_capacity(planned.len() * 2),
         queues: Vec::new(),
         skipped: 0,
+        cached: Vec::new(),
+        flights: Vec::new(),
+        waiters: Vec::new(),
     };
     for (i, t) in planned.iter().enumerate() {
         let id = &ids[i];
         let s = state[i];
         let dependents_ids: Vec<&str> = dependents[i].iter().map(|&d| ids[d].as_str()).collect();
-        let pending_now = if s == TaskState::Blocked && t.needs.is_empty() {
+        let pending_now = if waiting[i] {
+            // The wait is a gate, opened by the leader's end.
+            1
+        } else if s == TaskState::Blocked && t.needs.is_empty() {
             gate
         } else {
             pending[i]
@@ -246,12 +319,23 @@ pub(crate) fn plan_rows(f: &RunFacts<'_>, planned: Vec<PlannedTask>) -> PlannedR
             state: Set(s.as_str().to_owned()),
             created_at: Set(f.now),
             started_at: Set(None),
-            finished_at: Set((s == TaskState::Skipped).then_some(f.now)),
+            finished_at: Set(matches!(s, TaskState::Skipped | TaskState::Cached).then_some(f.now)),
         });
+        let reason = match s {
+            TaskState::Cached => "planned: cache hit",
+            _ if waiting[i] => "planned: waiting for a running build of the same cache key",
+            _ => "planned",
+        };
         rows.events
-            .push(task_event(f, id, Transition::created(s, "planned")));
+            .push(task_event(f, id, Transition::created(s, reason)));
+        if waiting[i] {
+            rows.waiters.push((keys[i].clone(), id.clone()));
+        }
         match s {
             TaskState::Ready => {
+                if t.cache.enabled && !cache.bypass {
+                    rows.flights.push((keys[i].clone(), id.clone()));
+                }
                 let attempt_id = AttemptId::new().to_string();
                 let new = NewAttempt {
                     task_id: id,
@@ -279,6 +363,12 @@ pub(crate) fn plan_rows(f: &RunFacts<'_>, planned: Vec<PlannedTask>) -> PlannedR
                 }
             }
             TaskState::Skipped => rows.skipped += 1,
+            TaskState::Cached => rows.cached.push(CachedTask {
+                task_id: id.clone(),
+                source_task_id: cache.hits[i].clone().unwrap_or_default(),
+                key: t.cache.enabled.then(|| keys[i].clone()),
+                ttl_ms: t.cache.ttl_ms as i64,
+            }),
             _ => {}
         }
     }

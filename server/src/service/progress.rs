@@ -93,13 +93,9 @@ pub(crate) async fn task_finished(
             } else {
                 TaskState::Skipped
             };
-            start_or_skip(db, &facts, &dep, to, fx).await?;
-            if to == TaskState::Skipped {
-                work.push((
-                    dep.dependents.clone(),
-                    TaskState::Skipped,
-                    dep.continue_on_error,
-                ));
+            let became = start_or_skip(db, &facts, &dep, to, fx).await?;
+            if matches!(became, TaskState::Skipped | TaskState::Cached) {
+                work.push((dep.dependents.clone(), became, dep.continue_on_error));
             }
         }
     }
@@ -145,17 +141,36 @@ async fn should_start(
     ))
 }
 
-/// Moves a blocked task to ready (queueing its first attempt) or to skipped.
+/// Moves a blocked task to ready (queueing its first attempt) or to skipped. A task that
+/// may start asks the cache first: it may be `cached` instead, or wait (staying blocked)
+/// for the same build running elsewhere. Returns the state the task is in now; a
+/// `cached` one is finished, and the caller counts it down like a success.
 pub(crate) async fn start_or_skip(
     db: &impl ConnectionTrait,
     facts: &RunFacts<'_>,
     t: &task::Model,
     to: TaskState,
     fx: &mut Effects,
-) -> Result<(), ServiceError> {
+) -> Result<TaskState, ServiceError> {
+    if to == TaskState::Ready {
+        match super::cache::on_runnable(db, facts, t).await? {
+            super::cache::Runnable::Run => {}
+            super::cache::Runnable::Wait => return Ok(TaskState::Blocked),
+            super::cache::Runnable::Hit { source, key } => {
+                let ev = super::cache::hit_event(facts, &t.id, TaskState::Blocked)?;
+                if repo::cas_task(db, &t.id, TaskState::Blocked, TaskState::Cached, facts.now)
+                    .await?
+                {
+                    fx.events.push(ev);
+                    super::cache::record_hit(db, facts, t, &source, &key).await?;
+                }
+                return Ok(TaskState::Cached);
+            }
+        }
+    }
     let transition = Transition::check(TaskState::Blocked, to, "needs finished")?;
     if !repo::cas_task(db, &t.id, TaskState::Blocked, to, facts.now).await? {
-        return Ok(());
+        return Ok(to);
     }
     fx.events.push(task_event(facts, &t.id, transition));
     if to == TaskState::Ready {
@@ -182,7 +197,7 @@ pub(crate) async fn start_or_skip(
         ));
         fx.wake(&t.queue);
     }
-    Ok(())
+    Ok(to)
 }
 
 /// Finishes a run whose tasks are all terminal, unless attempts are still being stopped.
@@ -286,18 +301,18 @@ pub(crate) async fn release_run(
             } else {
                 TaskState::Skipped
             };
-            start_or_skip(db, &facts, &t, to, fx).await?;
-            if to == TaskState::Skipped {
-                skipped.push(t);
+            let became = start_or_skip(db, &facts, &t, to, fx).await?;
+            if matches!(became, TaskState::Skipped | TaskState::Cached) {
+                skipped.push((t, became));
             }
         }
     }
-    for t in skipped {
+    for (t, became) in skipped {
         let current = run::Entity::find_by_id(held.id.clone())
             .one(db)
             .await?
             .ok_or(ServiceError::not_found("run"))?;
-        task_finished(db, &current, &t, TaskState::Skipped, now, fx).await?;
+        Box::pin(task_finished(db, &current, &t, became, now, fx)).await?;
     }
     Ok(())
 }

@@ -257,6 +257,9 @@ impl Service {
                         run.concurrency_group.unwrap_or_default()
                     )));
                 }
+                if let Some(reason) = super::cache::waiting_for_build(db, &t.id).await? {
+                    return Ok(Some(reason));
+                }
                 let needs: Vec<String> = serde_json::from_str(&t.needs).unwrap_or_default();
                 let open: Vec<String> = task::Entity::find()
                     .filter(task::Column::RunId.eq(t.run_id.clone()))

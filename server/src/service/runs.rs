@@ -1,6 +1,6 @@
 //! Triggering, cancelling and retrying runs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -64,14 +64,36 @@ impl Service {
                 "idempotencyKey must be 1 to 200 characters".into(),
             ));
         }
+        self.trigger_planned(&pipeline, &input, None).await
+    }
+
+    /// Plans and stores a run of `pipeline`; `reuse` names the tasks of an earlier run
+    /// whose results count as cache hits (`rerunFailed`).
+    pub(crate) async fn trigger_planned(
+        &self,
+        pipeline: &crate::store::entity::pipeline::Model,
+        input: &TriggerInput,
+        reuse: Option<&HashMap<String, super::cache::Reusable>>,
+    ) -> Result<run::Model, ServiceError> {
         let file = pipeline::parse(&pipeline.file).map_err(ServiceError::InvalidPipeline)?;
-        match self.plan_run(&pipeline, &file, &input).await {
-            // A concurrent trigger with the same idempotency key won the insert.
-            Err(ServiceError::Conflict(_)) if input.idempotency_key.is_some() => self
-                .find_idempotent(&pipeline.id, &input)
-                .await?
-                .ok_or_else(|| ServiceError::Conflict("concurrent trigger".into())),
-            other => other,
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.plan_run(pipeline, &file, input, reuse).await {
+                // Another node took the flight of one of our keys while we planned: plan
+                // again, and wait for its build this time.
+                Err(ServiceError::Conflict(m)) if m == super::cache::FLIGHT_RACE && tries < 10 => {
+                    continue;
+                }
+                // A concurrent trigger with the same idempotency key won the insert.
+                Err(ServiceError::Conflict(_)) if input.idempotency_key.is_some() => {
+                    return self
+                        .find_idempotent(&pipeline.id, input)
+                        .await?
+                        .ok_or_else(|| ServiceError::Conflict("concurrent trigger".into()));
+                }
+                other => return other,
+            }
         }
     }
 
@@ -97,6 +119,7 @@ impl Service {
         pipeline: &crate::store::entity::pipeline::Model,
         file: &pipeline::PipelineFile,
         input: &TriggerInput,
+        reuse: Option<&HashMap<String, super::cache::Reusable>>,
     ) -> Result<run::Model, ServiceError> {
         let wtx = self.store().write().await?;
         let db = &wtx.tx;
@@ -191,6 +214,7 @@ impl Service {
             created_at: Set(now),
             started_at: Set(None),
             finished_at: Set(None),
+            no_cache: Set(input.no_cache),
         };
         let run = model.insert(db).await.map_err(StoreError::from)?;
         fx.events.push(run_event(
@@ -207,16 +231,28 @@ impl Service {
             held,
             now,
         };
-        let rows = planning::plan_rows(&facts, planned);
-        let skipped = rows.skipped;
+        let keys = planning::cache_keys(&facts, &planned);
+        let cache = super::cache::plan_lookup(
+            db,
+            &run.tenant_id,
+            &planned,
+            &keys,
+            input.no_cache,
+            reuse,
+            now,
+        )
+        .await?;
+        let rows = planning::plan_rows(&facts, planned, keys, &cache);
+        let finished = rows.skipped + rows.cached.len() as i32;
+        super::cache::apply_plan(db, &facts, &rows).await?;
         fx.events.extend(rows.events);
         for q in &rows.queues {
             fx.wake(q);
         }
         repo::insert_tasks(db, rows.tasks).await?;
         repo::insert_attempts(db, rows.attempts).await?;
-        let run = if skipped > 0 {
-            let run = repo::count_finished(db, &run.id, skipped, 0).await?;
+        let run = if finished > 0 {
+            let run = repo::count_finished(db, &run.id, finished, 0).await?;
             if run.tasks_remaining <= 0 {
                 progress::finish_run(db, &run, now, &mut fx).await?;
             }
@@ -335,16 +371,54 @@ impl Service {
         self.task(caller, id).await
     }
 
-    /// Not available before the cache lands: the same commit with only the failed
-    /// subgraph re-executed.
+    /// A new run of the same commit in which every task that succeeded (or was cached)
+    /// before is a cache hit, so that only the failed subgraph runs again. A task whose
+    /// inputs changed since (the pipeline file was updated) runs as well.
+    #[instrument(skip_all, fields(run_id = %run_id))]
     pub async fn rerun_failed(
         &self,
         caller: &Caller,
         run_id: &str,
     ) -> Result<run::Model, ServiceError> {
         caller.require(Scope::Write)?;
-        self.run(caller, run_id).await?;
-        Err(ServiceError::NotImplemented("rerunFailed"))
+        let old = self.run(caller, run_id).await?;
+        if !parse_state::<RunState>(&old.state)?.is_terminal() {
+            return Err(ServiceError::InvalidTransition(format!(
+                "run is {}; only a finished run can be rerun",
+                old.state
+            )));
+        }
+        let pipeline = self.pipeline(caller, &old.pipeline_id).await?;
+        let reuse: HashMap<String, super::cache::Reusable> = task::Entity::find()
+            .filter(task::Column::RunId.eq(old.id.clone()))
+            .filter(
+                task::Column::State
+                    .is_in([TaskState::Succeeded.as_str(), TaskState::Cached.as_str()]),
+            )
+            .all(self.store().db())
+            .await?
+            .into_iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    super::cache::Reusable {
+                        task_id: t.id,
+                        cache_key: t.cache_key,
+                        spec: t.spec,
+                    },
+                )
+            })
+            .collect();
+        let input = TriggerInput {
+            pipeline: pipeline.id.clone(),
+            sha: old.sha.clone(),
+            git_ref: old.git_ref.clone(),
+            idempotency_key: None,
+            no_cache: false,
+            priority: Some(old.priority),
+            trigger_kind: Some("retry".into()),
+        };
+        self.trigger_planned(&pipeline, &input, Some(&reuse)).await
     }
 }
 
@@ -546,6 +620,7 @@ pub(crate) async fn cancel_in_tx(
             .await?
             .ok_or(ServiceError::not_found("run"))?;
         progress::task_finished(db, &current, &t, TaskState::Cancelled, now, fx).await?;
+        super::cache::task_settled(db, &current, &t, TaskState::Cancelled, now, fx).await?;
     }
     // A run with nothing left to cancel finishes at once.
     let current = run::Entity::find_by_id(run.id.clone())

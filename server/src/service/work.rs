@@ -628,6 +628,7 @@ impl Service {
         if repo::cas_task(db, &t.id, task_state, to, now).await? {
             fx.events.push(task_event(&facts, &t.id, tr));
             progress::task_finished(db, &r, &t, to, now, fx).await?;
+            super::cache::task_settled(db, &r, &t, to, now, fx).await?;
         }
         Ok(())
     }

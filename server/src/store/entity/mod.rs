@@ -5,6 +5,8 @@ pub mod api_token;
 pub mod artifact;
 pub mod attempt;
 pub mod cache_entry;
+pub mod cache_flight;
+pub mod cache_waiter;
 pub mod event;
 pub mod lease;
 pub mod log_chunk;

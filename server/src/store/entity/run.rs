@@ -29,6 +29,8 @@ pub struct Model {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// Asked to ignore cache hits (`triggerRun(noCache: true)`).
+    pub no_cache: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
