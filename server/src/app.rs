@@ -34,6 +34,8 @@ pub struct NodeConfig {
     pub admin_token: Option<String>,
     pub sandbox: Sandbox,
     pub kill_grace: Duration,
+    /// Redis for the cross-node event bus and wake-ups; without it the bus is in-process.
+    pub redis: Option<crate::events::redis::RedisConfig>,
 }
 
 /// A started node.
@@ -58,6 +60,8 @@ pub enum StartError {
     Database(#[from] crate::store::StoreError),
     #[error("bootstrap: {0}")]
     Bootstrap(#[from] crate::service::ServiceError),
+    #[error("event bus: {0}")]
+    EventBus(String),
     #[error("listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -106,6 +110,11 @@ impl Node {
             Wakeups::default(),
             ServiceConfig::default(),
         );
+        service
+            .bus()
+            .attach_log(service.event_log())
+            .await
+            .map_err(StartError::EventBus)?;
         let generated_token = service.bootstrap(config.admin_token.as_deref()).await?;
         let default_tenant = service.ensure_default_tenant().await?;
         let system = Caller::system(default_tenant.id.parse().map_err(|_| {
@@ -127,6 +136,17 @@ impl Node {
         })?;
         let shutdown = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
+
+        if let Some(redis) = &config.redis {
+            crate::events::redis::start(
+                service.bus(),
+                service.wakeups().clone(),
+                config.node.clone(),
+                redis.clone(),
+                shutdown.clone(),
+            )
+            .map_err(|e| StartError::EventBus(e.to_string()))?;
+        }
 
         let schema = build_schema(Some(service.clone()));
         let app = router(

@@ -83,6 +83,13 @@ struct ServeArgs {
     /// Seconds between SIGTERM and SIGKILL when a step is stopped.
     #[arg(long, env = "GANTRY_KILL_GRACE_SECS", default_value_t = 10)]
     kill_grace_secs: u64,
+    /// Redis URL: carries events, log output, cancel signals and queue wake-ups between
+    /// the server replicas that share one PostgreSQL database.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// Prefix of this installation's Redis channels and keys.
+    #[arg(long, env = "GANTRY_REDIS_PREFIX", default_value = "gantry")]
+    redis_prefix: String,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -159,6 +166,7 @@ fn node_config_for_db(db: &DbArgs) -> NodeConfig {
         admin_token: None,
         sandbox: Sandbox::None,
         kill_grace: Duration::from_secs(10),
+        redis: None,
     }
 }
 
@@ -182,6 +190,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             SandboxArg::Bwrap => Sandbox::Bwrap,
         },
         kill_grace: Duration::from_secs(args.kill_grace_secs),
+        redis: args
+            .redis_url
+            .map(|url| gantry::events::redis::RedisConfig {
+                url,
+                prefix: args.redis_prefix,
+            }),
     };
     let node = Node::start(config).await.context("start")?;
     tracing::info!(addr = %node.addr, node = %node.service.node(), "gantry serving");

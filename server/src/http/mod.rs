@@ -16,6 +16,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tower_http::services::{ServeDir, ServeFile};
 
+mod sse;
+
 use crate::graphql::{Auth, AuthFailure, GantrySchema};
 use crate::service::{Service, ServiceError};
 
@@ -38,6 +40,7 @@ pub fn router(state: AppState, web_dir: PathBuf) -> Router {
         .route("/graphiql", get(graphiql))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/events", get(sse::events))
         .fallback_service(web)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -8,6 +8,7 @@
 
 mod auth;
 mod errors;
+mod live;
 mod planning;
 mod progress;
 mod queries;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 pub use auth::{Caller, Scope, Scopes, TokenCreated};
 pub use errors::ServiceError;
+pub use live::{event_json, event_matches};
 pub use queries::{EventFilter, Page, RunFilter};
 pub use runs::TriggerInput;
 pub use tenants::{PipelineInput, PipelineUpdate, TenantInput};
