@@ -77,7 +77,12 @@ pub async fn cas_task(
     if to == TaskState::Running {
         update = update.col_expr(
             task::Column::StartedAt,
-            Expr::cust_with_values("COALESCE(started_at, ?)", [now]),
+            // Portable: a custom SQL fragment with `?` breaks PostgreSQL's `$n` binds.
+            Expr::expr(sea_orm::sea_query::Func::coalesce([
+                Expr::col(task::Column::StartedAt).into(),
+                Expr::val(now).into(),
+            ]))
+            .into(),
         );
     }
     if to.is_terminal() {
