@@ -148,6 +148,17 @@ impl Node {
             .map_err(|e| StartError::EventBus(e.to_string()))?;
         }
 
+        let stop = shutdown.clone();
+        let s = service.clone();
+        tasks.spawn(async move {
+            crate::service::webhooks::run(
+                s,
+                crate::service::webhooks::WebhookConfig::default(),
+                stop,
+            )
+            .await
+        });
+
         let schema = build_schema(Some(service.clone()));
         let app = router(
             AppState {

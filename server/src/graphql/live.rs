@@ -119,3 +119,53 @@ impl Feed {
         Ok(self.pipelines.get(&e.run_id).and_then(|p| p.as_ref()) == Some(want))
     }
 }
+
+/// One outbound status webhook delivery of a pipeline.
+pub struct WebhookDelivery(pub crate::store::entity::webhook_delivery::Model);
+
+#[async_graphql::Object]
+impl WebhookDelivery {
+    async fn id(&self) -> async_graphql::ID {
+        async_graphql::ID(self.0.id.clone())
+    }
+    async fn url(&self) -> &str {
+        &self.0.url
+    }
+    /// `gantry` or `github-status`.
+    async fn format(&self) -> &str {
+        &self.0.format
+    }
+    async fn run(&self) -> async_graphql::ID {
+        async_graphql::ID(self.0.run_id.clone())
+    }
+    /// The event delivered (a seq).
+    async fn seq(&self) -> String {
+        self.0.event_seq.to_string()
+    }
+    /// `PENDING` (tries left), `DELIVERED` or `FAILED` (gave up).
+    async fn state(&self) -> String {
+        self.0.state.to_ascii_uppercase()
+    }
+    /// Tries made so far.
+    async fn attempts(&self) -> i32 {
+        self.0.attempts
+    }
+    /// HTTP status of the last try, when the receiver answered.
+    async fn response_status(&self) -> Option<i32> {
+        self.0.response_status
+    }
+    /// Why the last try failed.
+    async fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
+    /// The JSON body sent.
+    async fn payload(&self) -> &str {
+        &self.0.payload
+    }
+    async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp_millis(self.0.created_at).unwrap_or_default()
+    }
+    async fn updated_at(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp_millis(self.0.updated_at).unwrap_or_default()
+    }
+}

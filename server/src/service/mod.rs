@@ -14,6 +14,7 @@ mod progress;
 mod queries;
 mod runs;
 mod tenants;
+pub mod webhooks;
 mod work;
 
 use std::sync::Arc;

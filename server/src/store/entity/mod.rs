@@ -12,4 +12,5 @@ pub mod pipeline;
 pub mod run;
 pub mod task;
 pub mod tenant;
+pub mod webhook_delivery;
 pub mod worker;
