@@ -263,6 +263,11 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// The process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     /// The host:port the server listens on.
     pub fn addr(&self) -> &str {
         self.url.trim_start_matches("http://")
