@@ -24,6 +24,9 @@ use crate::service::{Service, ServiceError};
 /// Largest request body accepted (a pipeline file is at most 1 MiB).
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
+/// Initial read and write buffer of a WebSocket connection.
+const WS_BUFFER_BYTES: usize = 4 * 1024;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
@@ -88,7 +91,11 @@ async fn graphql_ws(
     protocol: GraphQLProtocol,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    // Small buffers: most connections are idle subscriptions, and the 128 KiB default
+    // read buffer would dominate their memory; buffers still grow for large messages.
     upgrade
+        .read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(WS_BUFFER_BYTES)
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |stream| {
             let service = app.service.clone();
