@@ -7,7 +7,7 @@ use sea_orm_migration::schema::*;
 pub struct Migration;
 
 #[derive(DeriveIden)]
-enum WebhookDeliveries {
+enum StatusDeliveries {
     Table,
     Id,
     TenantId,
@@ -30,38 +30,38 @@ impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
         m.create_table(
             Table::create()
-                .table(WebhookDeliveries::Table)
+                .table(StatusDeliveries::Table)
                 .if_not_exists()
-                .col(string(WebhookDeliveries::Id).primary_key())
-                .col(string(WebhookDeliveries::TenantId))
-                .col(string(WebhookDeliveries::PipelineId))
-                .col(string(WebhookDeliveries::RunId))
-                .col(big_integer(WebhookDeliveries::EventSeq))
-                .col(text(WebhookDeliveries::Url))
-                .col(string(WebhookDeliveries::Format))
-                .col(text(WebhookDeliveries::Payload))
-                .col(string(WebhookDeliveries::State))
-                .col(integer(WebhookDeliveries::Attempts))
-                .col(integer_null(WebhookDeliveries::ResponseStatus))
-                .col(text_null(WebhookDeliveries::Error))
-                .col(big_integer(WebhookDeliveries::CreatedAt))
-                .col(big_integer(WebhookDeliveries::UpdatedAt))
+                .col(string(StatusDeliveries::Id).primary_key())
+                .col(string(StatusDeliveries::TenantId))
+                .col(string(StatusDeliveries::PipelineId))
+                .col(string(StatusDeliveries::RunId))
+                .col(big_integer(StatusDeliveries::EventSeq))
+                .col(text(StatusDeliveries::Url))
+                .col(string(StatusDeliveries::Format))
+                .col(text(StatusDeliveries::Payload))
+                .col(string(StatusDeliveries::State))
+                .col(integer(StatusDeliveries::Attempts))
+                .col(integer_null(StatusDeliveries::ResponseStatus))
+                .col(text_null(StatusDeliveries::Error))
+                .col(big_integer(StatusDeliveries::CreatedAt))
+                .col(big_integer(StatusDeliveries::UpdatedAt))
                 .to_owned(),
         )
         .await?;
         m.create_index(
             Index::create()
-                .name("webhook_deliveries_pipeline_created")
-                .table(WebhookDeliveries::Table)
-                .col(WebhookDeliveries::PipelineId)
-                .col(WebhookDeliveries::CreatedAt)
+                .name("status_deliveries_pipeline_created")
+                .table(StatusDeliveries::Table)
+                .col(StatusDeliveries::PipelineId)
+                .col(StatusDeliveries::CreatedAt)
                 .to_owned(),
         )
         .await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        m.drop_table(Table::drop().table(WebhookDeliveries::Table).to_owned())
+        m.drop_table(Table::drop().table(StatusDeliveries::Table).to_owned())
             .await
     }
 }

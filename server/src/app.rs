@@ -151,9 +151,9 @@ impl Node {
         let stop = shutdown.clone();
         let s = service.clone();
         tasks.spawn(async move {
-            crate::service::webhooks::run(
+            crate::service::status_hooks::run(
                 s,
-                crate::service::webhooks::WebhookConfig::default(),
+                crate::service::status_hooks::WebhookConfig::default(),
                 stop,
             )
             .await

@@ -121,7 +121,7 @@ impl Feed {
 }
 
 /// One outbound status webhook delivery of a pipeline.
-pub struct WebhookDelivery(pub crate::store::entity::webhook_delivery::Model);
+pub struct WebhookDelivery(pub crate::store::entity::status_delivery::Model);
 
 #[async_graphql::Object]
 impl WebhookDelivery {

@@ -13,8 +13,8 @@ mod planning;
 mod progress;
 mod queries;
 mod runs;
+pub mod status_hooks;
 mod tenants;
-pub mod webhooks;
 mod work;
 
 use std::sync::Arc;

@@ -10,7 +10,7 @@ pub mod lease;
 pub mod log_chunk;
 pub mod pipeline;
 pub mod run;
+pub mod status_delivery;
 pub mod task;
 pub mod tenant;
-pub mod webhook_delivery;
 pub mod worker;

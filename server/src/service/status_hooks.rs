@@ -1,7 +1,7 @@
 //! Outbound status webhooks: every run and task state change of a pipeline is POSTed to
 //! the URLs of its file's `notify:` list, signed with HMAC-SHA256 of the body under the
 //! pipeline's webhook secret (`X-Gantry-Signature: sha256=<hex>`), retried with backoff,
-//! and recorded in `webhook_deliveries` (the `webhookDeliveries` query).
+//! and recorded in `status_deliveries` (the `webhookDeliveries` query).
 //!
 //! Each event is delivered by the node that committed it (every node sees every event
 //! through the bus, so this makes one delivery per event across replicas). Deliveries are
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Caller, Scope, Service, ServiceError, event_json};
 use crate::domain::{Entity, EventRecord};
 use crate::pipeline::{NotifyFormat, NotifySpec};
-use crate::store::entity::{pipeline, run, webhook_delivery};
+use crate::store::entity::{pipeline, run, status_delivery};
 
 /// Tunables of outbound webhooks.
 #[derive(Debug, Clone)]
@@ -147,7 +147,7 @@ impl Service {
                 continue;
             };
             let now = self.now_ms();
-            let row = webhook_delivery::ActiveModel {
+            let row = status_delivery::ActiveModel {
                 id: Set(uuid::Uuid::now_v7().to_string()),
                 tenant_id: Set(p.tenant_id.clone()),
                 pipeline_id: Set(p.id.clone()),
@@ -180,7 +180,7 @@ impl Service {
 
     async fn deliver(
         &self,
-        mut row: webhook_delivery::Model,
+        mut row: status_delivery::Model,
         secret: Option<String>,
         kind: String,
         http: reqwest::Client,
@@ -219,7 +219,7 @@ impl Service {
             .into();
             row.error = error;
             row.updated_at = self.now_ms();
-            let update = webhook_delivery::ActiveModel {
+            let update = status_delivery::ActiveModel {
                 id: Set(row.id.clone()),
                 state: Set(row.state.clone()),
                 attempts: Set(row.attempts),
@@ -245,7 +245,7 @@ impl Service {
         caller: &Caller,
         pipeline_id: &str,
         first: Option<usize>,
-    ) -> Result<Vec<webhook_delivery::Model>, ServiceError> {
+    ) -> Result<Vec<status_delivery::Model>, ServiceError> {
         caller.require(Scope::Read)?;
         let p = pipeline::Entity::find_by_id(pipeline_id.to_owned())
             .one(self.store().db())
@@ -253,10 +253,10 @@ impl Service {
             .filter(|p| caller.sees(&p.tenant_id))
             .ok_or(ServiceError::not_found("pipeline"))?;
         let size = first.unwrap_or(50).clamp(1, self.config().max_page_size);
-        Ok(webhook_delivery::Entity::find()
-            .filter(webhook_delivery::Column::PipelineId.eq(p.id))
-            .order_by_desc(webhook_delivery::Column::CreatedAt)
-            .order_by_desc(webhook_delivery::Column::Id)
+        Ok(status_delivery::Entity::find()
+            .filter(status_delivery::Column::PipelineId.eq(p.id))
+            .order_by_desc(status_delivery::Column::CreatedAt)
+            .order_by_desc(status_delivery::Column::Id)
             .limit(size as u64)
             .all(self.store().db())
             .await?)

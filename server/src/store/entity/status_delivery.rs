@@ -1,10 +1,10 @@
-//! The `webhook_deliveries` table: one row per outbound status webhook delivery, updated
+//! The `status_deliveries` table: one row per outbound status webhook delivery, updated
 //! after each try.
 
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
-#[sea_orm(table_name = "webhook_deliveries")]
+#[sea_orm(table_name = "status_deliveries")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
