@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261128_000001_initial;
 mod m20261128_000002_security;
 mod m20261128_000003_cache;
+mod m20261128_000004_live;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_initial::Migration),
             Box::new(m20261128_000002_security::Migration),
             Box::new(m20261128_000003_cache::Migration),
+            Box::new(m20261128_000004_live::Migration),
         ]
     }
 }

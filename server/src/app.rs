@@ -43,6 +43,8 @@ pub struct NodeConfig {
     pub secret_key: Option<crate::service::SecretKey>,
     /// Where artifacts go: `None` for `<data_dir>/artifacts`, or `s3://bucket[/prefix]`.
     pub artifact_store: Option<String>,
+    /// Redis for the cross-node event bus and wake-ups; without it the bus is in-process.
+    pub redis: Option<crate::events::redis::RedisConfig>,
 }
 
 /// A started node.
@@ -69,6 +71,8 @@ pub enum StartError {
     Bootstrap(#[from] crate::service::ServiceError),
     #[error("artifact store: {0}")]
     Artifacts(#[from] crate::artifacts::BlobError),
+    #[error("event bus: {0}")]
+    EventBus(String),
     #[error("listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -127,6 +131,11 @@ impl Node {
             None => crate::artifacts::BlobStore::local(&config.data_dir.join("artifacts"))?,
         };
         service.set_blob_store(blobs);
+        service
+            .bus()
+            .attach_log(service.event_log())
+            .await
+            .map_err(StartError::EventBus)?;
         let generated_token = service.bootstrap(config.admin_token.as_deref()).await?;
         let default_tenant = service.ensure_default_tenant().await?;
         let system = Caller::system(default_tenant.id.parse().map_err(|_| {
@@ -148,6 +157,28 @@ impl Node {
         })?;
         let shutdown = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
+
+        if let Some(redis) = &config.redis {
+            crate::events::redis::start(
+                service.bus(),
+                service.wakeups().clone(),
+                config.node.clone(),
+                redis.clone(),
+                shutdown.clone(),
+            )
+            .map_err(|e| StartError::EventBus(e.to_string()))?;
+        }
+
+        let stop = shutdown.clone();
+        let s = service.clone();
+        tasks.spawn(async move {
+            crate::service::status_hooks::run(
+                s,
+                crate::service::status_hooks::WebhookConfig::default(),
+                stop,
+            )
+            .await
+        });
 
         let schema = build_schema(Some(service.clone()));
         let app = router(

@@ -229,6 +229,7 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
         reconciler: crate::reconciler::ReconcilerConfig::default(),
         secret_key: None,
         artifact_store: None,
+        redis: None,
     };
     let node = Node::start(config).await?;
     let tenant = node.service.ensure_default_tenant().await?;

@@ -104,6 +104,13 @@ struct ServeArgs {
     /// environment variables); without it, `<data-dir>/artifacts` on the filesystem.
     #[arg(long, env = "GANTRY_ARTIFACT_STORE")]
     artifact_store: Option<String>,
+    /// Redis URL: carries events, log output, cancel signals and queue wake-ups between
+    /// the server replicas that share one PostgreSQL database.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// Prefix of this installation's Redis channels and keys.
+    #[arg(long, env = "GANTRY_REDIS_PREFIX", default_value = "gantry")]
+    redis_prefix: String,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -188,6 +195,7 @@ fn node_config_for_db(db: &DbArgs) -> NodeConfig {
         reconciler: ReconcilerConfig::default(),
         secret_key: None,
         artifact_store: None,
+        redis: None,
     }
 }
 
@@ -223,6 +231,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         secret_key,
         artifact_store: args.artifact_store,
+        redis: args
+            .redis_url
+            .map(|url| gantry::events::redis::RedisConfig {
+                url,
+                prefix: args.redis_prefix,
+            }),
     };
     config.reconciler.validate().map_err(anyhow::Error::msg)?;
     let node = Node::start(config).await.context("start")?;

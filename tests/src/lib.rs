@@ -157,8 +157,12 @@ pub struct ServerOptions {
     pub extra_env: Vec<(String, String)>,
     /// More `gantry serve` arguments.
     pub extra_args: Vec<String>,
-    /// Use this database instead of a fresh one (PostgreSQL).
+    /// Use this database instead of creating one: replicas of one installation share it
+    /// (the test that created it keeps it alive).
     pub database_url: Option<String>,
+    /// `REDIS_URL` of the server, and the prefix of its channels (`GANTRY_REDIS_PREFIX`).
+    pub redis_url: Option<String>,
+    pub redis_prefix: Option<String>,
 }
 
 impl ServerOptions {
@@ -171,6 +175,8 @@ impl ServerOptions {
             extra_env: Vec::new(),
             extra_args: Vec::new(),
             database_url: None,
+            redis_url: None,
+            redis_prefix: None,
         }
     }
 }
@@ -234,6 +240,13 @@ impl Server {
             .kill_on_drop(true);
         if let Some(url) = &self.database_url {
             cmd.arg("--database-url").arg(url);
+        }
+        cmd.env_remove("REDIS_URL");
+        if let Some(url) = &self.options.redis_url {
+            cmd.arg("--redis-url").arg(url);
+        }
+        if let Some(prefix) = &self.options.redis_prefix {
+            cmd.arg("--redis-prefix").arg(prefix);
         }
         for (k, v) in &self.options.extra_env {
             cmd.env(k, v);
@@ -401,6 +414,30 @@ unsafe extern "C" {
 
 pub mod s3;
 pub mod ws;
+
+/// The Redis server tests use (`TEST_REDIS_URL`, default the local one), when reachable.
+/// Absent, the test skips with a printed reason — and fails when `CI` is set.
+pub async fn redis_url() -> Option<String> {
+    let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let reachable = async {
+        let client = redis::Client::open(url.as_str()).ok()?;
+        let mut c = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+    };
+    match tokio::time::timeout(Duration::from_secs(3), reachable).await {
+        Ok(Some(_)) => Some(url),
+        _ => {
+            assert!(!in_ci(), "Redis is required in CI but unreachable at {url}");
+            eprintln!("skipping: Redis unreachable at {url}");
+            None
+        }
+    }
+}
+
+/// A prefix of Redis channels and keys no other test uses.
+pub fn redis_prefix() -> String {
+    format!("gantry-test-{:016x}", rand::random::<u64>())
+}
 
 /// A local git repository with one commit, for checkout tests.
 pub fn git_repo(files: &[(&str, &str)]) -> (tempfile::TempDir, String) {

@@ -169,3 +169,92 @@ pub async fn wait_log(server: &Server, attempt: &str, needle: &str, within: Dura
     )
     .await;
 }
+
+/// An open subscription whose payloads are read one at a time.
+pub struct Subscription {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// What the server sent next on a subscription.
+#[derive(Debug, Clone)]
+pub enum Item {
+    Data(Value),
+    /// A `next` carrying errors (the stream then completes).
+    Errors(Value),
+    Complete,
+}
+
+impl Subscription {
+    /// Opens a subscription with `protocol` (`graphql-transport-ws` or the legacy
+    /// `graphql-ws`) and waits until the server acknowledged the connection.
+    pub async fn open(
+        server: &Server,
+        protocol: &str,
+        query: &str,
+        variables: Value,
+    ) -> Subscription {
+        let url = format!("ws://{}/graphql", server.addr());
+        let mut req = url.into_client_request().expect("ws request");
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocol.parse().expect("header"));
+        let (mut ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("ws connect");
+        ws.send(Message::text(
+            json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {ADMIN_TOKEN}") } }).to_string(),
+        ))
+        .await
+        .expect("send init");
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("connection_ack in time")
+                .expect("open socket")
+                .expect("ws message");
+            if let Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(&t).expect("json");
+                if v["type"] == "connection_ack" {
+                    break;
+                }
+            }
+        }
+        let start = if protocol == "graphql-ws" {
+            "start"
+        } else {
+            "subscribe"
+        };
+        ws.send(Message::text(
+            json!({ "id": "1", "type": start, "payload": { "query": query, "variables": variables } }).to_string(),
+        ))
+        .await
+        .expect("send subscribe");
+        Subscription { ws }
+    }
+
+    /// The next item, or None when nothing came within `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<Item> {
+        let read = async {
+            while let Some(msg) = self.ws.next().await {
+                let Ok(Message::Text(text)) = msg else {
+                    continue;
+                };
+                let v: Value = serde_json::from_str(&text).expect("json message");
+                match v["type"].as_str() {
+                    Some("next") | Some("data") => {
+                        if v["payload"].get("errors").is_some() {
+                            return Item::Errors(v["payload"]["errors"].clone());
+                        }
+                        return Item::Data(v["payload"]["data"].clone());
+                    }
+                    Some("complete") => return Item::Complete,
+                    Some("error") => return Item::Errors(v["payload"].clone()),
+                    _ => {}
+                }
+            }
+            Item::Complete
+        };
+        tokio::time::timeout(within, read).await.ok()
+    }
+}

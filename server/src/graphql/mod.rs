@@ -4,6 +4,7 @@
 //! Resolvers translate between GraphQL and the service layer and nothing else: every
 //! rule and every authorization check lives in `service`.
 
+pub(crate) mod live;
 mod mutation;
 mod query;
 mod security;

@@ -263,6 +263,24 @@ impl Query {
         )
     }
 
+    /// The delivery log of a pipeline's outbound status webhooks, newest first.
+    async fn webhook_deliveries(
+        &self,
+        ctx: &Context<'_>,
+        pipeline: ID,
+        first: Option<i32>,
+    ) -> async_graphql::Result<Vec<super::live::WebhookDelivery>> {
+        let s = service(ctx)?;
+        Ok(
+            s.webhook_deliveries(caller(ctx)?, &pipeline, first.map(|f| f.max(1) as usize))
+                .await
+                .map_err(gql)?
+                .into_iter()
+                .map(super::live::WebhookDelivery)
+                .collect(),
+        )
+    }
+
     /// The event log after `after` (a seq), oldest first.
     async fn events(
         &self,

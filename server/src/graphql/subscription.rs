@@ -1,4 +1,5 @@
-//! Subscriptions: a run's events (replayed from `after`, then live) and an attempt's log.
+//! Subscriptions: a run's events and filtered events of every run (replayed from `after`,
+//! then live), an attempt's log, and a queue's depth.
 //!
 //! Replay and live are joined without a gap or a duplicate: the live feed is subscribed
 //! before the log is read, and live events at or below the last replayed `seq` are
@@ -76,9 +77,7 @@ impl Subscription {
                     }
                     Ok(_) => {}
                     Err(RecvError::Lagged(_)) => {
-                        yield Err(gql(ServiceError::Conflict(format!(
-                            "subscriber fell behind; resume with after: \"{last}\""
-                        ))));
+                        yield Err(super::live::lagged(last));
                         return;
                     }
                     Err(RecvError::Closed) => return,
@@ -146,12 +145,96 @@ impl Subscription {
                                     yield Ok(live_chunk(&l));
                                 }
                             }
+                            // Output whose live copy was lost (another node's commit that
+                            // Redis dropped) is in the log: send the rest from there.
+                            if let Ok(rest) = s.log_of_attempt(&c, &attempt_id, 0).await {
+                                for chunk in rest {
+                                    if chunk.byte_offset + chunk.data.len() as i64 <= next {
+                                        continue;
+                                    }
+                                    next = chunk.byte_offset + chunk.data.len() as i64;
+                                    yield Ok(LogChunk(chunk));
+                                }
+                            }
                             return;
                         }
                         Ok(_) | Err(RecvError::Lagged(_)) => {}
                         Err(RecvError::Closed) => return,
                     },
                 }
+            }
+        })
+    }
+
+    /// Events of every run the caller sees, filtered (tenant, pipeline, run, entered
+    /// state): after `after` (a seq) first those in the log, then live ones; without
+    /// `after`, live ones from now. Never ends; a subscriber that falls behind gets a
+    /// `LAGGED` error carrying `lastSeq` and resumes with `after`.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<super::query::EventFilterInput>,
+        after: Option<String>,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Event>>> {
+        let s = service(ctx)?.clone();
+        let c = caller(ctx)?.clone();
+        c.require(crate::service::Scope::Read).map_err(gql)?;
+        let after = match after {
+            Some(a) => Some(parse_seq(Some(&a))?),
+            None => None,
+        };
+        let mut feed = super::live::Feed::new(s, c, filter.unwrap_or_default().into(), after);
+        Ok(async_stream::stream! {
+            loop {
+                match feed.next().await {
+                    Ok(super::live::Next::Event(e)) => yield Ok(Event((*e).clone())),
+                    Ok(super::live::Next::Lagged) => { yield Err(super::live::lagged(feed.last)); return; }
+                    Ok(super::live::Next::Closed) => return,
+                    Err(e) => { yield Err(gql(e)); return; }
+                }
+            }
+        })
+    }
+
+    /// A queue's statistics: the current value at once, then a new one whenever it
+    /// changes (checked after attempt transitions, at most every 100 ms, and every 5 s).
+    async fn queue_stats(
+        &self,
+        ctx: &Context<'_>,
+        queue: String,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<super::query::QueueStats>>>
+    {
+        let s = service(ctx)?.clone();
+        let c = caller(ctx)?.clone();
+        c.require(crate::service::Scope::Read).map_err(gql)?;
+        let mut live = s.bus().subscribe();
+        Ok(async_stream::stream! {
+            let mut shown: Option<i64> = None;
+            loop {
+                match s.queue_depth(&c, &queue).await {
+                    Ok(depth) if shown != Some(depth) => {
+                        shown = Some(depth);
+                        yield Ok(super::query::QueueStats { queue: queue.clone(), depth });
+                    }
+                    Ok(_) => {}
+                    Err(e) => { yield Err(gql(e)); return; }
+                }
+                // Wait for an attempt transition (or the periodic look), then let a burst
+                // of them settle into one reading.
+                let tick = tokio::time::sleep(std::time::Duration::from_secs(5));
+                tokio::pin!(tick);
+                loop {
+                    tokio::select! {
+                        _ = &mut tick => break,
+                        e = live.recv() => match e {
+                            Ok(e) if e.entity == Entity::Attempt => break,
+                            Ok(_) | Err(RecvError::Lagged(_)) => {}
+                            Err(RecvError::Closed) => return,
+                        },
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                while live.try_recv().is_ok() {}
             }
         })
     }

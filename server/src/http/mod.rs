@@ -19,12 +19,16 @@ use axum::{Json, Router};
 use tower_http::services::{ServeDir, ServeFile};
 
 mod security;
+mod sse;
 
 use crate::graphql::{Auth, AuthFailure, GantrySchema};
 use crate::service::{Service, ServiceError};
 
 /// Largest request body accepted (a pipeline file is at most 1 MiB).
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// Initial read and write buffer of a WebSocket connection.
+const WS_BUFFER_BYTES: usize = 4 * 1024;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -45,6 +49,7 @@ pub fn router(state: AppState, web_dir: PathBuf) -> Router {
         .route("/webhooks/github", axum::routing::post(security::github))
         .route("/webhooks/gitlab", axum::routing::post(security::gitlab))
         .merge(artifacts::routes())
+        .route("/events", get(sse::events))
         .fallback_service(web)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(security::limit_body))
@@ -96,9 +101,13 @@ async fn graphql_ws(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let max_message = app.service.config().max_ws_message_bytes;
+    // Small buffers: most connections are idle subscriptions, and the 128 KiB default
+    // read buffer would dominate their memory; buffers still grow for large messages.
     upgrade
         .max_message_size(max_message)
         .max_frame_size(max_message)
+        .read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(WS_BUFFER_BYTES)
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |stream| {
             let service = app.service.clone();

@@ -21,8 +21,30 @@ pub struct PipelineFile {
     pub concurrency: Option<ConcurrencySpec>,
     pub cache: CacheSpec,
     pub on: Triggers,
+    /// Outbound status webhooks (`notify:`).
+    #[serde(default)]
+    pub notify: Vec<NotifySpec>,
     /// In file order, which is also the tie-break order for scheduling.
     pub jobs: Vec<JobSpec>,
+}
+
+/// One outbound status webhook of a pipeline: run and task state changes are POSTed to
+/// `webhook` as JSON, signed with the pipeline's webhook secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifySpec {
+    pub webhook: String,
+    pub format: NotifyFormat,
+    /// The status context of the `github-status` format (default `gantry/<pipeline>`).
+    pub context: Option<String>,
+}
+
+/// The body of a status webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NotifyFormat {
+    /// Gantry's event JSON, for run and task changes.
+    Gantry,
+    /// A GitHub commit status (`state`, `description`, `context`), for run changes.
+    GithubStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,13 +15,22 @@ use crate::domain::dag::{self, DagError};
 use crate::pipeline::expr::{self, Condition};
 use crate::pipeline::model::{
     BackoffSpec, BranchFilter, CacheSpec, ConcurrencySpec, DEFAULT_QUEUE, DEFAULT_TIMEOUT_MS,
-    Jitter, JobSpec, MatrixAxis, MatrixSpec, PipelineFile, RetryOn, RetrySpec, StepKind, StepSpec,
-    Triggers,
+    Jitter, JobSpec, MatrixAxis, MatrixSpec, NotifyFormat, NotifySpec, PipelineFile, RetryOn,
+    RetrySpec, StepKind, StepSpec, Triggers,
 };
 use crate::pipeline::yaml::{self, Entry, Node, NodeKind};
 use crate::pipeline::{MAX_FILE_BYTES, MAX_TOTAL_TASKS, PipelineError, duration, matrix};
 
-const TOP_KEYS: &[&str] = &["name", "on", "concurrency", "env", "cache", "jobs"];
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "on",
+    "concurrency",
+    "env",
+    "cache",
+    "notify",
+    "jobs",
+];
+const NOTIFY_KEYS: &[&str] = &["webhook", "format", "context"];
 const JOB_KEYS: &[&str] = &[
     "name",
     "runs-on",
@@ -218,6 +227,60 @@ impl Checker {
                 None
             }
         }
+    }
+
+    /// `notify:` — a list of `{webhook: URL, format: gantry | github-status, context}`.
+    fn notify(&mut self, node: &Node) -> Vec<NotifySpec> {
+        let NodeKind::Seq(items) = &node.kind else {
+            self.wrong_type(node, "`notify`", "a list of `- webhook: URL` entries");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let Some(entries) = self.mapping(item, "a `notify` entry", NOTIFY_KEYS) else {
+                continue;
+            };
+            let Some(url_node) = get(entries, "webhook") else {
+                self.at(
+                    item,
+                    "a `notify` entry needs a `webhook` URL",
+                    "write `- webhook: https://…`",
+                );
+                continue;
+            };
+            let Some(url) = self.string(url_node, "`webhook`") else {
+                continue;
+            };
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                self.at(
+                    url_node,
+                    format!("`webhook` must be an http(s) URL, found `{url}`"),
+                    "write the full URL, e.g. `https://ci.example.com/hook`",
+                );
+                continue;
+            }
+            let format = match get(entries, "format") {
+                None => NotifyFormat::Gantry,
+                Some(f) => {
+                    match self.string(f, "`format`").as_deref() {
+                        Some("gantry") => NotifyFormat::Gantry,
+                        Some("github-status") => NotifyFormat::GithubStatus,
+                        Some(other) => {
+                            self.at(f, format!("unknown notify format `{other}`; allowed: gantry, github-status"), "");
+                            continue;
+                        }
+                        None => continue,
+                    }
+                }
+            };
+            let context = get(entries, "context").and_then(|n| self.string(n, "`context`"));
+            out.push(NotifySpec {
+                webhook: url,
+                format,
+                context,
+            });
+        }
+        out
     }
 
     fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
@@ -1317,6 +1380,9 @@ pub(crate) fn parse_file(text: &str) -> Result<PipelineFile, Vec<PipelineError>>
     let on = get(entries, "on")
         .map(|n| c.triggers(n))
         .unwrap_or_default();
+    let notify = get(entries, "notify")
+        .map(|n| c.notify(n))
+        .unwrap_or_default();
 
     let mut jobs = Vec::new();
     match get_entry(entries, "jobs") {
@@ -1353,6 +1419,7 @@ pub(crate) fn parse_file(text: &str) -> Result<PipelineFile, Vec<PipelineError>>
         concurrency,
         cache,
         on,
+        notify,
         jobs: jobs.into_iter().map(|j| j.spec).collect(),
     })
 }

@@ -79,6 +79,7 @@ pub async fn run_once(
             timed_out_attempts = done.timed_out_attempts,
             lost_workers = done.lost_workers,
             finished_runs = done.finished_runs,
+            evicted = done.evicted,
             "reconciled"
         );
     }

@@ -21,6 +21,8 @@ pub struct Reconciled {
     pub timed_out_attempts: usize,
     pub lost_workers: usize,
     pub finished_runs: usize,
+    /// Expired cache entries and artifacts removed.
+    pub evicted: u64,
 }
 
 impl Reconciled {
@@ -178,6 +180,8 @@ impl Service {
                 done.finished_runs += 1;
             }
         }
+        // Cache entries and artifacts past their TTL.
+        done.evicted = self.evict_expired(now).await?;
         Ok(done)
     }
 

@@ -274,10 +274,18 @@ impl Service {
         now: i64,
         fx: Effects,
     ) -> Result<(), ServiceError> {
-        let records = crate::store::events::append(&wtx.tx, self.node(), now, fx.events).await?;
+        let appended =
+            crate::store::events::append_ordered(&wtx.tx, self.node(), now, fx.events).await?;
         let order = wtx.commit_ordered().await?;
-        self.bus().publish_logs(fx.logs);
-        self.bus().publish(records);
+        self.bus().publish_commit(crate::events::Commit {
+            node: self.node().to_owned(),
+            prev: Some(appended.prev),
+            events: appended.records,
+            logs: fx.logs,
+            cancels: fx.cancel_attempts.clone(),
+            queues: fx.queues.clone(),
+            scheduler: fx.retry_scheduled,
+        });
         drop(order);
         for q in &fx.queues {
             self.wakeups().wake_queue(q);

@@ -377,7 +377,7 @@ impl Service {
             .append_log_in(&wtx.tx, attempt_id, Some(lease_token), pieces)
             .await?;
         wtx.commit().await?;
-        self.bus().publish_logs(written);
+        self.bus().publish_log_commit(self.node(), written);
         Ok(len)
     }
 

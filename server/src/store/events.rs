@@ -114,3 +114,63 @@ pub fn from_row(m: super::entity::event::Model) -> Result<EventRecord, StoreErro
         details: m.details.and_then(|d| serde_json::from_str(&d).ok()),
     })
 }
+
+/// Key of the PostgreSQL advisory lock that orders event appends (`gantry` in ASCII).
+const ORDER_LOCK_KEY: i64 = 0x0000_6761_6e74_7279;
+
+/// Events appended by one transaction, with the last `seq` committed before them.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// The highest `seq` committed before this transaction's events: the link to the
+    /// previous commit in the chain that live delivery follows (`events::order`).
+    pub prev: i64,
+    pub records: Vec<EventRecord>,
+}
+
+/// Appends `events` so that `seq` order is commit order, and returns the chain link.
+///
+/// On PostgreSQL a transaction-scoped advisory lock is taken first and held until the
+/// commit: event-appending transactions commit one at a time, in `seq` order, so a reader
+/// that sees `seq` N committed sees every smaller one too. Call it last in the transaction,
+/// just before the commit, to keep that window short. SQLite has one writer at a time
+/// already.
+pub async fn append_ordered(
+    db: &impl ConnectionTrait,
+    node: &str,
+    at_ms: i64,
+    events: Vec<NewEvent>,
+) -> Result<Appended, StoreError> {
+    let backend = db.get_database_backend();
+    if events.is_empty() {
+        return Ok(Appended {
+            prev: 0,
+            records: Vec::new(),
+        });
+    }
+    if backend == sea_orm::DbBackend::Postgres {
+        db.execute(sea_orm::Statement::from_sql_and_values(
+            backend,
+            "SELECT pg_advisory_xact_lock($1)",
+            [ORDER_LOCK_KEY.into()],
+        ))
+        .await?;
+    }
+    let prev = last_seq(db).await?;
+    let records = append(db, node, at_ms, events).await?;
+    Ok(Appended { prev, records })
+}
+
+/// The highest committed `seq` (0 when the log is empty).
+pub async fn last_seq(db: &impl ConnectionTrait) -> Result<i64, StoreError> {
+    let backend = db.get_database_backend();
+    let row = db
+        .query_one(sea_orm::Statement::from_string(
+            backend,
+            "SELECT COALESCE(MAX(seq), 0) AS last FROM events",
+        ))
+        .await?;
+    Ok(match row {
+        Some(r) => r.try_get::<i64>("", "last")?,
+        None => 0,
+    })
+}

@@ -13,6 +13,7 @@ pub mod log_chunk;
 pub mod pipeline;
 pub mod run;
 pub mod secret;
+pub mod status_delivery;
 pub mod task;
 pub mod tenant;
 pub mod webhook_delivery;
