@@ -358,8 +358,10 @@ async fn timed_trigger(s: &Server, pipeline: &str, sha: &str) -> (String, Durati
 
 /// Prints the time to plan a fully cached 1,000-job pipeline (the `triggerRun` round
 /// trip, which includes planning in one transaction) and the overhead of a cache hit per
-/// task against planning the same pipeline without cache. Figures, not assertions.
+/// task against planning the same pipeline without cache. Figures, not assertions: run
+/// by hand with `--ignored`.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: run by hand"]
 async fn bench_planning_a_fully_cached_1000_job_pipeline() {
     let mut o = ServerOptions::new(Backend::Sqlite);
     o.workers = 4;
