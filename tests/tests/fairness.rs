@@ -203,3 +203,92 @@ async fn triggers_beyond_the_pending_bound_are_refused_as_overloaded() {
         assert_eq!(run_ids(&s, &p).await.len(), 3, "{backend:?}");
     }
 }
+
+fn ms(v: &Value) -> i64 {
+    v.as_str()
+        .unwrap_or_else(|| panic!("timestamp expected, got {v}"))
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .expect("RFC 3339 timestamp")
+        .timestamp_millis()
+}
+
+/// `(startedAt, finishedAt)` of every attempt of a run.
+fn attempt_spans(run: &Value) -> Vec<(i64, i64)> {
+    run["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .flat_map(|t| t["attempts"].as_array().expect("attempts").iter())
+        .map(|a| (ms(&a["startedAt"]), ms(&a["finishedAt"])))
+        .collect()
+}
+
+fn matrix_file(n: usize, run: &str) -> String {
+    let values: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    format!(
+        "jobs:\n  work:\n    strategy: {{ matrix: {{ i: [{}] }} }}\n    steps:\n      - run: \"{run}\"\n",
+        values.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_never_runs_more_than_its_max_running() {
+    for backend in backends().await {
+        let s = Server::start(ServerOptions::new(backend)).await;
+        let tenant = create_tenant(&s, "one-at-a-time", json!({"maxRunning": 1})).await;
+        let p = create_pipeline_of(&s, &tenant, "quota", &matrix_file(6, "sleep 0.2")).await;
+        let id = s.trigger(&p, "q1").await;
+        let run = s.wait_run(&id, WITHIN).await;
+        assert_eq!(run["state"], "SUCCEEDED", "{backend:?}: {run:#}");
+        let mut spans = attempt_spans(&run);
+        spans.sort();
+        assert_eq!(spans.len(), 6);
+        for w in spans.windows(2) {
+            assert!(
+                w[1].0 >= w[0].1,
+                "{backend:?}: two attempts of the tenant ran at once: {w:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_tenant_is_served_before_a_large_burst_of_another_finishes() {
+    for backend in backends().await {
+        let s = Server::start(ServerOptions::new(backend)).await;
+        let a = create_tenant(&s, "bursty", json!({"weight": 1})).await;
+        let b = create_tenant(&s, "small", json!({"weight": 1})).await;
+        let pa = create_pipeline_of(&s, &a, "burst", &matrix_file(200, "true")).await;
+        let pb = create_pipeline_of(&s, &b, "small", ONE_JOB).await;
+        let run_a = s.trigger(&pa, "a1").await;
+        let mut runs_b = Vec::new();
+        for i in 0..10 {
+            runs_b.push(s.trigger(&pb, &format!("b{i}")).await);
+        }
+        let mut b_done = 0;
+        for id in &runs_b {
+            let run = s.wait_run(id, WITHIN).await;
+            assert_eq!(run["state"], "SUCCEEDED", "{backend:?}: {run:#}");
+            b_done = b_done.max(attempt_spans(&run).iter().map(|s| s.1).max().unwrap_or(0));
+        }
+        let run = s.wait_run(&run_a, Duration::from_secs(300)).await;
+        assert_eq!(run["state"], "SUCCEEDED", "{backend:?}");
+        // The time each of the 200 jobs finished (its last attempt: an attempt lost to
+        // the infrastructure is retried).
+        let done: Vec<i64> = run["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .map(|t| ms(&t["finishedAt"]))
+            .collect();
+        assert_eq!(done.len(), 200);
+        let a_before = done.iter().filter(|f| **f <= b_done).count();
+        println!(
+            "{backend:?}: when the small tenant's 10 runs were done, {a_before} of 200 jobs of the burst were"
+        );
+        assert!(
+            a_before < 80,
+            "{backend:?}: {a_before} of 200 of the burst finished before the small tenant's 10"
+        );
+    }
+}
