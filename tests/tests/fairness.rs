@@ -292,3 +292,27 @@ async fn a_small_tenant_is_served_before_a_large_burst_of_another_finishes() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_report_queue_depth_and_attempts_by_state() {
+    for backend in backends().await {
+        let mut o = ServerOptions::new(backend);
+        o.workers = 0;
+        let s = Server::start(o).await;
+        let p = s
+            .create_pipeline("waiting", "/tmp", &matrix_file(3, "true"))
+            .await;
+        s.trigger(&p, "m1").await;
+        let res = s.get("/metrics").await;
+        assert_eq!(res.status(), 200);
+        let text = res.text().await.expect("metrics body");
+        assert!(
+            text.contains("gantry_queue_depth{queue=\"default\"} 3"),
+            "{backend:?}: {text}"
+        );
+        assert!(
+            text.contains("gantry_attempts{queue=\"default\",state=\"queued\"} 3"),
+            "{backend:?}: {text}"
+        );
+    }
+}

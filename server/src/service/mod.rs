@@ -13,6 +13,7 @@ mod cache;
 mod errors;
 mod limits;
 mod live;
+mod metrics;
 mod planning;
 mod progress;
 mod queries;
