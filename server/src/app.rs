@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub artifact_store: Option<String>,
     /// Redis for the cross-node event bus and wake-ups; without it the bus is in-process.
     pub redis: Option<crate::events::redis::RedisConfig>,
+    /// Most attempts waiting for a worker before triggers are refused (OVERLOADED).
+    pub max_pending_attempts: u64,
 }
 
 /// A started node.
@@ -121,6 +123,7 @@ impl Node {
             Wakeups::default(),
             ServiceConfig {
                 secret_key: config.secret_key.clone().map(Arc::new),
+                max_pending_attempts: config.max_pending_attempts,
                 ..ServiceConfig::default()
             },
         );
@@ -159,6 +162,7 @@ impl Node {
         let mut tasks = tokio::task::JoinSet::new();
 
         if let Some(redis) = &config.redis {
+            service.share_admission(redis)?;
             crate::events::redis::start(
                 service.bus(),
                 service.wakeups().clone(),

@@ -230,6 +230,7 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
         secret_key: None,
         artifact_store: None,
         redis: None,
+        max_pending_attempts: crate::service::DEFAULT_MAX_PENDING_ATTEMPTS,
     };
     let node = Node::start(config).await?;
     let tenant = node.service.ensure_default_tenant().await?;

@@ -111,6 +111,10 @@ struct ServeArgs {
     /// Prefix of this installation's Redis channels and keys.
     #[arg(long, env = "GANTRY_REDIS_PREFIX", default_value = "gantry")]
     redis_prefix: String,
+    /// Most attempts waiting for a worker (queued or scheduled) before new triggers are
+    /// refused with OVERLOADED; 0 for no bound.
+    #[arg(long, env = "GANTRY_MAX_PENDING_ATTEMPTS", default_value_t = gantry::service::DEFAULT_MAX_PENDING_ATTEMPTS)]
+    max_pending_attempts: u64,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -196,6 +200,7 @@ fn node_config_for_db(db: &DbArgs) -> NodeConfig {
         secret_key: None,
         artifact_store: None,
         redis: None,
+        max_pending_attempts: gantry::service::DEFAULT_MAX_PENDING_ATTEMPTS,
     }
 }
 
@@ -237,6 +242,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 url,
                 prefix: args.redis_prefix,
             }),
+        max_pending_attempts: args.max_pending_attempts,
     };
     config.reconciler.validate().map_err(anyhow::Error::msg)?;
     let node = Node::start(config).await.context("start")?;

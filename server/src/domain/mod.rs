@@ -9,6 +9,7 @@
 pub mod cache_key;
 pub mod dag;
 pub mod event;
+pub mod fairness;
 
 pub mod ids;
 pub mod retry;

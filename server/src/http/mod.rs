@@ -46,6 +46,7 @@ pub fn router(state: AppState, web_dir: PathBuf) -> Router {
         .route("/graphiql", get(graphiql))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/webhooks/github", axum::routing::post(security::github))
         .route("/webhooks/gitlab", axum::routing::post(security::gitlab))
         .merge(artifacts::routes())
@@ -146,6 +147,25 @@ async fn graphiql() -> impl IntoResponse {
 
 async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Prometheus scrape endpoint; like `/healthz` it needs no token (it names queues and
+/// states, never tenants, pipelines or runs).
+async fn metrics(State(app): State<AppState>) -> Response {
+    match app.service.metrics_text().await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics unavailable");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {

@@ -6,12 +6,14 @@
 //! through `store`, records their events in the same transaction, and publishes them only
 //! after the commit — nothing is announced that could still roll back.
 
+mod admission;
 mod artifacts;
 mod auth;
 mod cache;
 mod errors;
 mod limits;
 mod live;
+mod metrics;
 mod planning;
 mod progress;
 mod queries;
@@ -61,7 +63,14 @@ pub struct ServiceConfig {
     pub max_ws_message_bytes: usize,
     /// The key that encrypts secrets; without it secrets cannot be set.
     pub secret_key: Option<Arc<SecretKey>>,
+    /// Most attempts waiting for a worker (queued or scheduled) in the installation;
+    /// beyond it triggers are refused with OVERLOADED. 0 turns the bound off.
+    pub max_pending_attempts: u64,
 }
+
+/// A generous bound: far above what a healthy installation holds, low enough that a
+/// runaway trigger loop cannot fill the database.
+pub const DEFAULT_MAX_PENDING_ATTEMPTS: u64 = 1_000_000;
 
 impl Default for ServiceConfig {
     fn default() -> Self {
@@ -74,6 +83,7 @@ impl Default for ServiceConfig {
             max_ws_connections_per_token: 32,
             max_ws_message_bytes: 256 * 1024,
             secret_key: None,
+            max_pending_attempts: DEFAULT_MAX_PENDING_ATTEMPTS,
         }
     }
 }
@@ -92,6 +102,7 @@ struct Inner {
     wakeups: Wakeups,
     config: ServiceConfig,
     limits: limits::Limits,
+    admission: admission::Admission,
     /// The artifact blob store, set once at start.
     blobs: std::sync::OnceLock<crate::artifacts::BlobStore>,
 }
@@ -114,6 +125,7 @@ impl Service {
                 wakeups,
                 config,
                 limits: limits::Limits::default(),
+                admission: admission::Admission::default(),
                 blobs: std::sync::OnceLock::new(),
             }),
         }

@@ -64,6 +64,11 @@ impl Service {
                 "idempotencyKey must be 1 to 200 characters".into(),
             ));
         }
+        // A repeated idempotent trigger is an answer, not new work: it takes no token.
+        if let Some(existing) = self.find_idempotent(&pipeline.id, &input).await? {
+            return Ok(existing);
+        }
+        self.admit_trigger(&pipeline.tenant_id).await?;
         self.trigger_planned(&pipeline, &input, None).await
     }
 

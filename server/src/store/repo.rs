@@ -170,56 +170,162 @@ pub struct Claim<'a> {
     pub tenant_id: Option<&'a str>,
 }
 
-/// Claims the next queued attempt of a queue — highest priority, then oldest — by
-/// compare-and-set `queued → leased`. Exactly one caller wins each attempt.
+/// How far back attempts a tenant started count against its share of a queue: the memory
+/// of the fair scheduler (see `docs/fairness.md`).
+pub const FAIR_WINDOW_MS: i64 = 60_000;
+
+/// A tenant with claimable work in a queue, and what it already has.
+#[derive(Debug, FromQueryResult)]
+struct Candidate {
+    tenant_id: String,
+    weight: i32,
+    max_running: i32,
+    /// Leased or running attempts of the tenant, in every queue (the quota).
+    busy: i64,
+    /// Attempts of the tenant in this queue that run or started within [`FAIR_WINDOW_MS`].
+    share: i64,
+}
+
+/// Numbers `?` placeholders as `$1, $2, …` for PostgreSQL.
+fn sql_for(backend: DbBackend, sql: &str) -> String {
+    if backend != DbBackend::Postgres {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for ch in sql.chars() {
+        if ch == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+fn stmt(backend: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> Statement {
+    Statement::from_sql_and_values(backend, sql_for(backend, sql), values)
+}
+
+const BUSY: &str = "(SELECT COUNT(*) FROM attempts b WHERE b.tenant_id = t.id \
+                     AND b.state IN ('leased', 'running'))";
+
+/// The tenants with claimable work in the queue that are below their quota, fairest
+/// first: lowest share per unit of weight, then tenant id (deterministic).
+async fn candidates(
+    db: &impl ConnectionTrait,
+    c: &Claim<'_>,
+) -> Result<Vec<Candidate>, StoreError> {
+    let backend = db.get_database_backend();
+    let tenant: sea_orm::Value = c.tenant_id.map(str::to_owned).into();
+    let sql = format!(
+        "SELECT t.id AS tenant_id, t.weight AS weight, t.max_running AS max_running, \
+         {BUSY} AS busy, \
+         (SELECT COUNT(*) FROM attempts s WHERE s.tenant_id = t.id AND s.queue = ? \
+          AND (s.state IN ('leased', 'running') OR s.started_at >= ?)) AS share \
+         FROM tenants t WHERE t.id IN (SELECT DISTINCT a.tenant_id FROM attempts a \
+           WHERE a.queue = ? AND a.state = 'queued' AND a.scheduled_at <= ?) \
+         AND t.id = COALESCE(?, t.id)"
+    );
+    let values = vec![
+        c.queue.into(),
+        (c.now - FAIR_WINDOW_MS).into(),
+        c.queue.into(),
+        c.now.into(),
+        tenant,
+    ];
+    let mut rows = Candidate::find_by_statement(stmt(backend, &sql, values))
+        .all(db)
+        .await?;
+    rows.retain(|r| r.busy < i64::from(r.max_running));
+    rows.sort_by(|a, b| {
+        // share_a / weight_a < share_b / weight_b, without division.
+        let lhs = i128::from(a.share) * i128::from(b.weight.max(1));
+        let rhs = i128::from(b.share) * i128::from(a.weight.max(1));
+        lhs.cmp(&rhs).then_with(|| a.tenant_id.cmp(&b.tenant_id))
+    });
+    Ok(rows)
+}
+
+/// Claims the next queued attempt of a queue by compare-and-set `queued → leased`;
+/// exactly one caller wins each attempt. The tenant is chosen fairly (the candidate with
+/// the lowest recent share of the queue per unit of weight, see [`candidates`]), never one
+/// at its `max_running`; within the tenant, highest priority, then oldest. When the
+/// fairest tenant has nothing left to claim the next one is tried (work-conserving).
+///
+/// PostgreSQL: the tenant row is locked for the rest of the transaction before its quota
+/// is counted, so replicas claiming for one tenant take turns and the count they see
+/// includes each other's leases. Only the first lock waits; later ones skip a locked
+/// tenant, so no transaction waits while holding a tenant lock (no deadlock).
 pub async fn claim_attempt(
     db: &impl ConnectionTrait,
     c: Claim<'_>,
 ) -> Result<Option<attempt::Model>, StoreError> {
     let backend = db.get_database_backend();
-    // A NULL tenant bound matches every tenant.
-    let tenant: sea_orm::Value = c.tenant_id.map(str::to_owned).into();
-    let (sql, values): (&str, Vec<sea_orm::Value>) = match backend {
-        DbBackend::Postgres => (
-            "UPDATE attempts SET state = 'leased', worker_id = $1, lease_token = $2, \
-             lease_expires_at = $3, heartbeat_at = $4 \
-             WHERE id = (SELECT id FROM attempts WHERE queue = $5 AND state = 'queued' \
-                         AND scheduled_at <= $4 AND tenant_id = COALESCE($6, tenant_id) \
-                         ORDER BY priority DESC, scheduled_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-             AND state = 'queued' RETURNING *",
-            vec![
-                c.worker_id.into(),
-                c.lease_token.into(),
-                c.lease_expires_at.into(),
-                c.now.into(),
-                c.queue.into(),
-                tenant,
-            ],
-        ),
-        // SQLite has one writer at a time, which makes the sub-select and the update atomic.
-        _ => (
+    let mut first = true;
+    for cand in candidates(db, &c).await? {
+        if backend == DbBackend::Postgres {
+            let lock = if first {
+                "SELECT id FROM tenants WHERE id = ? FOR UPDATE"
+            } else {
+                "SELECT id FROM tenants WHERE id = ? FOR UPDATE SKIP LOCKED"
+            };
+            first = false;
+            let locked = db
+                .query_one(stmt(backend, lock, vec![cand.tenant_id.clone().into()]))
+                .await?;
+            if locked.is_none() {
+                continue;
+            }
+            let busy_sql = format!("SELECT {BUSY} AS n FROM tenants t WHERE t.id = ?");
+            let busy: i64 = db
+                .query_one(stmt(
+                    backend,
+                    &busy_sql,
+                    vec![cand.tenant_id.clone().into()],
+                ))
+                .await?
+                .map(|r| r.try_get::<i64>("", "n"))
+                .transpose()?
+                .unwrap_or(0);
+            if busy >= i64::from(cand.max_running) {
+                continue;
+            }
+        }
+        let lock_rows = if backend == DbBackend::Postgres {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            // SQLite has one writer at a time, which makes the sub-select and the update
+            // atomic.
+            ""
+        };
+        let sql = format!(
             "UPDATE attempts SET state = 'leased', worker_id = ?, lease_token = ?, \
              lease_expires_at = ?, heartbeat_at = ? \
              WHERE id = (SELECT id FROM attempts WHERE queue = ? AND state = 'queued' \
-                         AND scheduled_at <= ? AND tenant_id = COALESCE(?, tenant_id) \
-                         ORDER BY priority DESC, scheduled_at, id LIMIT 1) \
-             AND state = 'queued' RETURNING *",
-            vec![
-                c.worker_id.into(),
-                c.lease_token.into(),
-                c.lease_expires_at.into(),
-                c.now.into(),
-                c.queue.into(),
-                c.now.into(),
-                tenant,
-            ],
-        ),
-    };
-    let row =
-        attempt::Model::find_by_statement(Statement::from_sql_and_values(backend, sql, values))
+                         AND scheduled_at <= ? AND tenant_id = ? \
+                         ORDER BY priority DESC, scheduled_at, id LIMIT 1{lock_rows}) \
+             AND state = 'queued' RETURNING *"
+        );
+        let values = vec![
+            c.worker_id.into(),
+            c.lease_token.into(),
+            c.lease_expires_at.into(),
+            c.now.into(),
+            c.queue.into(),
+            c.now.into(),
+            cand.tenant_id.clone().into(),
+        ];
+        if let Some(row) = attempt::Model::find_by_statement(stmt(backend, &sql, values))
             .one(db)
-            .await?;
-    Ok(row)
+            .await?
+        {
+            return Ok(Some(row));
+        }
+    }
+    Ok(None)
 }
 
 /// `attempt.state: from → to` for the holder of `lease_token`.

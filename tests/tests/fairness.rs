@@ -1,0 +1,318 @@
+//! Fairness: admission (per-tenant token buckets, a global bound on waiting work), quotas
+//! of concurrent attempts, and fair dispatch across tenants — on SQLite and PostgreSQL,
+//! and across replicas sharing Redis.
+
+use std::time::{Duration, Instant};
+
+use gantry_tests::{Server, ServerOptions, backends, redis_prefix, redis_url};
+use serde_json::{Value, json};
+
+const WITHIN: Duration = Duration::from_secs(120);
+const ONE_JOB: &str = "jobs:\n  build:\n    steps:\n      - run: \"true\"\n";
+
+fn code(res: &Value) -> &str {
+    res["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or("<no error>")
+}
+
+async fn create_tenant(s: &Server, name: &str, extra: Value) -> String {
+    let mut input = json!({ "name": name });
+    if let (Some(i), Some(e)) = (input.as_object_mut(), extra.as_object()) {
+        i.extend(e.clone());
+    }
+    s.data(
+        "mutation($i: CreateTenantInput!) { createTenant(input: $i) { id } }",
+        json!({ "i": input }),
+    )
+    .await["createTenant"]["id"]
+        .as_str()
+        .expect("tenant id")
+        .to_owned()
+}
+
+async fn create_pipeline_of(s: &Server, tenant: &str, name: &str, file: &str) -> String {
+    s.data(
+        "mutation($t: String, $n: String!, $f: String!) { createPipeline(input: {tenant: $t, name: $n, provider: GIT, repository: \"/tmp\", file: $f}) { id } }",
+        json!({ "t": tenant, "n": name, "f": file }),
+    )
+    .await["createPipeline"]["id"]
+        .as_str()
+        .expect("pipeline id")
+        .to_owned()
+}
+
+async fn try_trigger(s: &Server, pipeline: &str, sha: &str) -> Value {
+    s.gql(
+        "mutation($p: ID!, $s: String!) { triggerRun(input: {pipeline: $p, sha: $s, ref: \"refs/heads/main\"}) { id } }",
+        json!({ "p": pipeline, "s": sha }),
+    )
+    .await
+}
+
+async fn run_ids(s: &Server, pipeline: &str) -> Vec<String> {
+    let d = s
+        .data(
+            "query($p: ID!) { runs(filter: {pipeline: $p}, first: 500) { nodes { id } } }",
+            json!({ "p": pipeline }),
+        )
+        .await;
+    d["runs"]["nodes"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| r["id"].as_str().expect("run id").to_owned())
+        .collect()
+}
+
+/// Fires `n` triggers at once and sorts the answers into accepted run ids and refusals.
+async fn burst(s: &Server, pipeline: &str, n: usize) -> (Vec<String>, Vec<Value>) {
+    let answers = futures::future::join_all(
+        (0..n).map(|i| async move { try_trigger(s, pipeline, &format!("sha{i}")).await }),
+    )
+    .await;
+    let mut accepted = Vec::new();
+    let mut refused = Vec::new();
+    for a in answers {
+        match a["data"]["triggerRun"]["id"].as_str() {
+            Some(id) => accepted.push(id.to_owned()),
+            None => refused.push(a),
+        }
+    }
+    (accepted, refused)
+}
+
+/// Most triggers a bucket of `rate`/s and `burst` can admit in `elapsed`.
+fn bucket_bound(rate: f64, burst: usize, elapsed: Duration) -> usize {
+    burst + (rate * elapsed.as_secs_f64()).ceil() as usize + 1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn triggers_over_the_tenant_rate_are_refused_with_retry_after_and_write_nothing() {
+    for backend in backends().await {
+        let s = Server::start(ServerOptions::new(backend)).await;
+        let tenant = create_tenant(
+            &s,
+            "limited",
+            json!({"triggerRate": 2.0, "triggerBurst": 5}),
+        )
+        .await;
+        let p = create_pipeline_of(&s, &tenant, "limited-pipeline", ONE_JOB).await;
+
+        let started = Instant::now();
+        let (accepted, refused) = burst(&s, &p, 30).await;
+        let elapsed = started.elapsed();
+        println!(
+            "{backend:?}: 30 triggers in {elapsed:?}: {} accepted, {} refused",
+            accepted.len(),
+            refused.len()
+        );
+        assert!(accepted.len() >= 5, "{backend:?}: the burst is admitted");
+        assert!(
+            accepted.len() <= bucket_bound(2.0, 5, elapsed),
+            "{backend:?}: {} accepted in {elapsed:?}",
+            accepted.len()
+        );
+        assert!(!refused.is_empty());
+        for r in &refused {
+            assert_eq!(code(r), "RATE_LIMITED", "{backend:?}: {r:#}");
+            let after = r["errors"][0]["extensions"]["retryAfter"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("retryAfter expected: {r:#}"));
+            assert!((1..=3).contains(&after), "retryAfter {after}");
+        }
+
+        // A refused trigger wrote nothing: the pipeline has exactly the accepted runs.
+        let mut stored = run_ids(&s, &p).await;
+        let mut expected = accepted.clone();
+        stored.sort();
+        expected.sort();
+        assert_eq!(stored, expected, "{backend:?}");
+
+        for id in &accepted {
+            let run = s.wait_run(id, WITHIN).await;
+            assert_eq!(run["state"], "SUCCEEDED", "{backend:?}: {run:#}");
+        }
+
+        // Other tenants draw from their own buckets.
+        let other = s.create_pipeline("unlimited", "/tmp", ONE_JOB).await;
+        let (ok, refused) = burst(&s, &other, 10).await;
+        assert_eq!(
+            (ok.len(), refused.len()),
+            (10, 0),
+            "{backend:?}: {refused:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_sharing_redis_draw_from_one_bucket() {
+    let Some(redis) = redis_url().await else {
+        return;
+    };
+    let Some(gantry_tests::Backend::Postgres) = backends().await.last().copied() else {
+        eprintln!("skipping: replicas need PostgreSQL");
+        return;
+    };
+    let db = gantry_tests::PgDatabase::create().await;
+    let prefix = redis_prefix();
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let mut o = ServerOptions::new(gantry_tests::Backend::Postgres);
+        o.database_url = Some(db.url.clone());
+        o.redis_url = Some(redis.clone());
+        o.redis_prefix = Some(prefix.clone());
+        servers.push(Server::start(o).await);
+    }
+    let tenant = create_tenant(
+        &servers[0],
+        "shared",
+        json!({"triggerRate": 1.0, "triggerBurst": 4}),
+    )
+    .await;
+    let p = create_pipeline_of(&servers[0], &tenant, "shared-pipeline", ONE_JOB).await;
+    let started = Instant::now();
+    let (a0, a1) = tokio::join!(burst(&servers[0], &p, 10), burst(&servers[1], &p, 10));
+    let elapsed = started.elapsed();
+    let accepted = a0.0.len() + a1.0.len();
+    println!("two replicas, 20 triggers in {elapsed:?}: {accepted} accepted");
+    assert!(accepted >= 4);
+    // Two private buckets would admit 8 at once; one shared bucket admits 4 plus refill.
+    assert!(
+        accepted <= bucket_bound(1.0, 4, elapsed),
+        "{accepted} accepted in {elapsed:?}"
+    );
+    for r in a0.1.iter().chain(&a1.1) {
+        assert_eq!(code(r), "RATE_LIMITED", "{r:#}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn triggers_beyond_the_pending_bound_are_refused_as_overloaded() {
+    for backend in backends().await {
+        let mut o = ServerOptions::new(backend);
+        o.workers = 0;
+        o.extra_args = vec!["--max-pending-attempts".into(), "3".into()];
+        let s = Server::start(o).await;
+        let p = s.create_pipeline("bounded", "/tmp", ONE_JOB).await;
+        for i in 0..3 {
+            s.trigger(&p, &format!("ok{i}")).await;
+        }
+        let refused = try_trigger(&s, &p, "one-too-many").await;
+        assert_eq!(code(&refused), "OVERLOADED", "{backend:?}: {refused:#}");
+        assert_eq!(run_ids(&s, &p).await.len(), 3, "{backend:?}");
+    }
+}
+
+fn ms(v: &Value) -> i64 {
+    v.as_str()
+        .unwrap_or_else(|| panic!("timestamp expected, got {v}"))
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .expect("RFC 3339 timestamp")
+        .timestamp_millis()
+}
+
+/// `(startedAt, finishedAt)` of every attempt of a run.
+fn attempt_spans(run: &Value) -> Vec<(i64, i64)> {
+    run["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .flat_map(|t| t["attempts"].as_array().expect("attempts").iter())
+        .map(|a| (ms(&a["startedAt"]), ms(&a["finishedAt"])))
+        .collect()
+}
+
+fn matrix_file(n: usize, run: &str) -> String {
+    let values: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    format!(
+        "jobs:\n  work:\n    strategy: {{ matrix: {{ i: [{}] }} }}\n    steps:\n      - run: \"{run}\"\n",
+        values.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_never_runs_more_than_its_max_running() {
+    for backend in backends().await {
+        let s = Server::start(ServerOptions::new(backend)).await;
+        let tenant = create_tenant(&s, "one-at-a-time", json!({"maxRunning": 1})).await;
+        let p = create_pipeline_of(&s, &tenant, "quota", &matrix_file(6, "sleep 0.2")).await;
+        let id = s.trigger(&p, "q1").await;
+        let run = s.wait_run(&id, WITHIN).await;
+        assert_eq!(run["state"], "SUCCEEDED", "{backend:?}: {run:#}");
+        let mut spans = attempt_spans(&run);
+        spans.sort();
+        assert_eq!(spans.len(), 6);
+        for w in spans.windows(2) {
+            assert!(
+                w[1].0 >= w[0].1,
+                "{backend:?}: two attempts of the tenant ran at once: {w:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_tenant_is_served_before_a_large_burst_of_another_finishes() {
+    for backend in backends().await {
+        let s = Server::start(ServerOptions::new(backend)).await;
+        let a = create_tenant(&s, "bursty", json!({"weight": 1})).await;
+        let b = create_tenant(&s, "small", json!({"weight": 1})).await;
+        let pa = create_pipeline_of(&s, &a, "burst", &matrix_file(200, "true")).await;
+        let pb = create_pipeline_of(&s, &b, "small", ONE_JOB).await;
+        let run_a = s.trigger(&pa, "a1").await;
+        let mut runs_b = Vec::new();
+        for i in 0..10 {
+            runs_b.push(s.trigger(&pb, &format!("b{i}")).await);
+        }
+        let mut b_done = 0;
+        for id in &runs_b {
+            let run = s.wait_run(id, WITHIN).await;
+            assert_eq!(run["state"], "SUCCEEDED", "{backend:?}: {run:#}");
+            b_done = b_done.max(attempt_spans(&run).iter().map(|s| s.1).max().unwrap_or(0));
+        }
+        let run = s.wait_run(&run_a, Duration::from_secs(300)).await;
+        assert_eq!(run["state"], "SUCCEEDED", "{backend:?}");
+        // The time each of the 200 jobs finished (its last attempt: an attempt lost to
+        // the infrastructure is retried).
+        let done: Vec<i64> = run["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .map(|t| ms(&t["finishedAt"]))
+            .collect();
+        assert_eq!(done.len(), 200);
+        let a_before = done.iter().filter(|f| **f <= b_done).count();
+        println!(
+            "{backend:?}: when the small tenant's 10 runs were done, {a_before} of 200 jobs of the burst were"
+        );
+        assert!(
+            a_before < 80,
+            "{backend:?}: {a_before} of 200 of the burst finished before the small tenant's 10"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_report_queue_depth_and_attempts_by_state() {
+    for backend in backends().await {
+        let mut o = ServerOptions::new(backend);
+        o.workers = 0;
+        let s = Server::start(o).await;
+        let p = s
+            .create_pipeline("waiting", "/tmp", &matrix_file(3, "true"))
+            .await;
+        s.trigger(&p, "m1").await;
+        let res = s.get("/metrics").await;
+        assert_eq!(res.status(), 200);
+        let text = res.text().await.expect("metrics body");
+        assert!(
+            text.contains("gantry_queue_depth{queue=\"default\"} 3"),
+            "{backend:?}: {text}"
+        );
+        assert!(
+            text.contains("gantry_attempts{queue=\"default\",state=\"queued\"} 3"),
+            "{backend:?}: {text}"
+        );
+    }
+}
