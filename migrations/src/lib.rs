@@ -10,6 +10,7 @@ mod m20261128_000001_initial;
 mod m20261128_000002_security;
 mod m20261128_000003_cache;
 mod m20261128_000004_live;
+mod m20261128_000007_schedules;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_security::Migration),
             Box::new(m20261128_000003_cache::Migration),
             Box::new(m20261128_000004_live::Migration),
+            Box::new(m20261128_000007_schedules::Migration),
         ]
     }
 }
