@@ -8,6 +8,7 @@
 pub mod cron;
 pub mod duration;
 pub mod expr;
+pub mod filter;
 pub mod matrix;
 pub mod model;
 pub mod plan;
