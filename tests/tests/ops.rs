@@ -146,3 +146,74 @@ async fn push_and_pull_request_filters_pick_the_pipelines() {
         );
     }
 }
+
+fn manifests() -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn kubernetes_manifests_have_the_reference_layout() {
+    let mut kinds: Vec<(String, String)> = Vec::new();
+    for f in manifests() {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for doc in text.split("\n---\n") {
+            let field = |key: &str, indent: &str| {
+                doc.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{indent}{key}: ")))
+                    .map(|v| v.trim().to_owned())
+            };
+            let kind =
+                field("kind", "").unwrap_or_else(|| panic!("{f:?}: a document without kind"));
+            let name = field("name", "  ").unwrap_or_else(|| panic!("{f:?}: {kind} without name"));
+            kinds.push((kind, name));
+        }
+    }
+    for want in [
+        ("Deployment", "gantry-server"),
+        ("Service", "gantry"),
+        ("Deployment", "gantry-agent"),
+        ("HorizontalPodAutoscaler", "gantry-agent"),
+        ("Job", "gantry-migrate"),
+    ] {
+        assert!(
+            kinds.iter().any(|(k, n)| k == want.0 && n == want.1),
+            "missing {want:?} in {kinds:?}"
+        );
+    }
+}
+
+/// Validates the manifests against the Kubernetes schemas with `kubernetes-validate`
+/// (`pip install kubernetes-validate`); skipped when it is not installed, except in CI.
+#[test]
+fn kubernetes_manifests_validate_against_the_schemas() {
+    let out = match std::process::Command::new("kubernetes-validate")
+        .arg("--strict")
+        .args(manifests())
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "kubernetes-validate is required in CI: {e}"
+            );
+            eprintln!(
+                "SKIP: kubernetes-validate not installed ({e}); pip install kubernetes-validate"
+            );
+            return;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
