@@ -217,3 +217,35 @@ fn kubernetes_manifests_validate_against_the_schemas() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `--log-format json` (or `GANTRY_LOG_FORMAT=json`) writes one JSON object per log line.
+#[test]
+fn json_log_format_writes_one_object_per_line() {
+    for (flag, env) in [(true, None), (false, Some("json"))] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new(gantry_tests::gantry_bin());
+        cmd.arg("migrate")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("RUST_LOG", "info")
+            .env_remove("GANTRY_LOG_FORMAT");
+        if flag {
+            cmd.args(["--log-format", "json"]);
+        }
+        if let Some(v) = env {
+            cmd.env("GANTRY_LOG_FORMAT", v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert!(!lines.is_empty(), "no log lines");
+        for line in lines {
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert!(
+                v["level"].is_string() && v["timestamp"].is_string(),
+                "{line}"
+            );
+        }
+    }
+}
