@@ -11,6 +11,7 @@ mod m20261128_000002_security;
 mod m20261128_000003_cache;
 mod m20261128_000004_live;
 mod m20261128_000006_fairness;
+mod m20261128_000007_schedules;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000003_cache::Migration),
             Box::new(m20261128_000004_live::Migration),
             Box::new(m20261128_000006_fairness::Migration),
+            Box::new(m20261128_000007_schedules::Migration),
         ]
     }
 }

@@ -207,6 +207,10 @@ impl Node {
 
         let stop = shutdown.clone();
         let s = service.clone();
+        tasks.spawn(async move { scheduler::cron::run(s, stop).await });
+
+        let stop = shutdown.clone();
+        let s = service.clone();
         let rc = config.reconciler.clone();
         tasks.spawn(async move { reconciler::run(s, rc, stop).await });
 

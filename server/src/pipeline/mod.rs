@@ -5,8 +5,10 @@
 //! layer's error type and its limits. It must not perform I/O, schedule or
 //! execute anything; it turns text into data and data into data.
 
+pub mod cron;
 pub mod duration;
 pub mod expr;
+pub mod filter;
 pub mod matrix;
 pub mod model;
 pub mod plan;

@@ -564,14 +564,13 @@ impl Checker {
                                 None => c.at(item, "schedule entry needs `cron`", ""),
                                 Some(cron) => {
                                     if let Some(s) = c.string(cron, "`cron`") {
-                                        if s.split_whitespace().count() == 5 {
-                                            t.schedule.push(s);
-                                        } else {
-                                            c.at(
+                                        match super::cron::Cron::parse(&s) {
+                                            Ok(_) => t.schedule.push(s),
+                                            Err(e) => c.at(
                                                 cron,
-                                                format!("cron expression `{s}` must have 5 fields"),
-                                                "minute hour day-of-month month day-of-week",
-                                            );
+                                                e,
+                                                "minute hour day-of-month month day-of-week, in UTC",
+                                            ),
                                         }
                                     }
                                 }

@@ -4,6 +4,8 @@
 //! dependents ready — so this service only wakes for time: at the earliest due retry, or
 //! when a commit schedules a new one.
 
+pub mod cron;
+
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;

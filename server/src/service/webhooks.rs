@@ -70,6 +70,16 @@ impl Service {
         if let EventKind::Ignored { reason } = &parsed.kind {
             return Ok(WebhookOutcome::Ignored(reason.clone()));
         }
+        let pipelines: Vec<pipeline::Model> = pipelines
+            .into_iter()
+            .filter(|p| wants_event(p, &parsed))
+            .collect();
+        if pipelines.is_empty() {
+            return Ok(WebhookOutcome::Ignored(format!(
+                "no pipeline's `on:` takes this {} of {}",
+                parsed.event, parsed.git_ref
+            )));
+        }
         let Some(delivery) = delivery else {
             return Err(ServiceError::BadInput(
                 "the delivery id header (X-GitHub-Delivery / X-Gitlab-Event-UUID) is required"
@@ -160,5 +170,18 @@ impl Service {
                     }
             })
             .collect())
+    }
+}
+
+/// Whether the pipeline's `on:` filters take this event. A file that does not parse any
+/// more is let through, so that the run records why it cannot be planned.
+fn wants_event(p: &pipeline::Model, e: &WebhookEvent) -> bool {
+    let Ok(file) = crate::pipeline::parse(&p.file) else {
+        return true;
+    };
+    match &e.kind {
+        EventKind::Push => file.on.accepts_push(&e.git_ref),
+        EventKind::PullRequest { .. } => file.on.accepts_pull_request(e.base_ref.as_deref()),
+        EventKind::Ignored { .. } => false,
     }
 }

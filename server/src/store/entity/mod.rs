@@ -12,6 +12,7 @@ pub mod lease;
 pub mod log_chunk;
 pub mod pipeline;
 pub mod run;
+pub mod schedule_tick;
 pub mod secret;
 pub mod status_delivery;
 pub mod task;
