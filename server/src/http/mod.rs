@@ -49,11 +49,13 @@ pub fn router(state: AppState, web_dir: PathBuf) -> Router {
         .route("/metrics", get(metrics))
         .route("/webhooks/github", axum::routing::post(security::github))
         .route("/webhooks/gitlab", axum::routing::post(security::gitlab))
-        .merge(artifacts::routes())
         .route("/events", get(sse::events))
         .fallback_service(web)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(security::limit_body))
+        // Artifacts stream bodies of any size to the blob store (never whole in memory),
+        // so they are merged after the request-size limit that guards everything else.
+        .merge(artifacts::routes())
         .with_state(state)
 }
 
