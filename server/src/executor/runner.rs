@@ -244,7 +244,8 @@ pub async fn run_job<L: WorkerLink + ?Sized>(
     let outputs_dir = cfg
         .workspace_root
         .join(format!("{}.artifacts", job.attempt_id));
-    let result = match fetch_inputs(link, &job, &inputs_dir).await {
+    let fetched = fetch_inputs(link, &job, &inputs_dir);
+    let result = match with_heartbeats(link, &job, cfg.heartbeat_every, fetched).await {
         Ok(inputs) => {
             spec.inputs = inputs;
             run_fetched(link, &job, spec, cfg, stop, handback).await
@@ -273,6 +274,29 @@ pub async fn run_job<L: WorkerLink + ?Sized>(
         }
     }
     result
+}
+
+/// Runs `work` (a transfer of artifacts) while renewing the lease: a large transfer
+/// must not make the attempt look lost.
+async fn with_heartbeats<L: WorkerLink + ?Sized, T>(
+    link: &L,
+    job: &Job,
+    every: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => {
+                if let Err(e) = link.heartbeat(&job.attempt_id, &job.lease_token).await {
+                    tracing::warn!(attempt_id = %job.attempt_id, error = %e, "heartbeat during a transfer failed");
+                }
+            }
+        }
+    }
 }
 
 /// Downloads the artifacts of the needed tasks into `dir`, as files to place.
@@ -356,10 +380,8 @@ async fn run_fetched<L: WorkerLink + ?Sized>(
             let mut r = report(&res.outcome);
             if r.failure.is_none() {
                 for a in &res.artifacts {
-                    match link
-                        .upload_artifact(&job.attempt_id, &job.lease_token, a)
-                        .await
-                    {
+                    let upload = link.upload_artifact(&job.attempt_id, &job.lease_token, a);
+                    match with_heartbeats(link, job, cfg.heartbeat_every, upload).await {
                         Ok(()) => pending.push(OutputPiece {
                             stream: "system",
                             data: format!(

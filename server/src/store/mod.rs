@@ -163,6 +163,13 @@ impl Store {
             None => None,
         };
         let tx = self.db.begin().await?;
+        if guard.is_some() {
+            // Take SQLite's write lock first: a transaction that reads before it writes
+            // would fail with SQLITE_BUSY_SNAPSHOT if a single-statement write (a heartbeat)
+            // committed in between; taken up front, the busy timeout applies instead.
+            tx.execute_unprepared("UPDATE leases SET expires_at = expires_at WHERE 1 = 0")
+                .await?;
+        }
         Ok(WriteTx { tx, _guard: guard })
     }
 }
