@@ -9,15 +9,12 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::{ADMIN_TOKEN, Server};
 
-/// Subscribes with `query` and collects the payloads until the server completes the
-/// subscription (or `within` passes, which fails the test).
-pub async fn subscribe(
-    server: &Server,
-    token: &str,
-    query: &str,
-    variables: Value,
-    within: Duration,
-) -> Vec<Value> {
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects with `graphql-transport-ws`, authenticates with `token` and starts one
+/// subscription (id "1").
+async fn start(server: &Server, token: &str, query: &str, variables: Value) -> Socket {
     let url = format!("ws://{}/graphql", server.addr());
     let mut req = url.into_client_request().expect("ws request");
     req.headers_mut().insert(
@@ -37,6 +34,19 @@ pub async fn subscribe(
     ))
     .await
     .expect("send subscribe");
+    ws
+}
+
+/// Subscribes with `query` and collects the payloads until the server completes the
+/// subscription (or `within` passes, which fails the test).
+pub async fn subscribe(
+    server: &Server,
+    token: &str,
+    query: &str,
+    variables: Value,
+    within: Duration,
+) -> Vec<Value> {
+    let mut ws = start(server, token, query, variables).await;
     let mut out = Vec::new();
     let collect = async {
         while let Some(msg) = ws.next().await {
@@ -92,25 +102,7 @@ pub async fn first_match(
     within: Duration,
     mut pred: impl FnMut(&Value) -> bool,
 ) -> Value {
-    let url = format!("ws://{}/graphql", server.addr());
-    let mut req = url.into_client_request().expect("ws request");
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "graphql-transport-ws".parse().expect("header"),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("ws connect");
-    ws.send(Message::text(
-        json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {ADMIN_TOKEN}") } }).to_string(),
-    ))
-    .await
-    .expect("send init");
-    ws.send(Message::text(
-        json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": variables } }).to_string(),
-    ))
-    .await
-    .expect("send subscribe");
+    let mut ws = start(server, ADMIN_TOKEN, query, variables).await;
     let found = async {
         while let Some(msg) = ws.next().await {
             let Message::Text(text) = msg.expect("ws message") else {
