@@ -60,25 +60,16 @@ impl Driver {
     }
 
     async fn browser(&self, profile: &std::path::Path) -> Client {
+        let mut args: Vec<String> = gantry_tests::CHROMIUM_FLAGS
+            .iter()
+            .map(|f| f.to_string())
+            .collect();
+        args.push("--window-size=1440,900".into());
+        args.push(format!("--user-data-dir={}", profile.display()));
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
-            json!({
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--disable-dev-shm-usage",
-                    "--window-size=1440,900",
-                    format!("--user-data-dir={}", profile.display()),
-                ],
-            }),
+            json!({ "binary": CHROMIUM, "args": args }),
         );
         ClientBuilder::native()
             .capabilities(caps)

@@ -47,19 +47,8 @@ async fn the_dashboard_shows_the_version_and_pipelines_from_the_api() {
         let profile = profile.path().to_owned();
         move || {
             Command::new(browser)
-                .args([
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--disable-dev-shm-usage",
-                    "--virtual-time-budget=10000",
-                    "--dump-dom",
-                ])
+                .args(gantry_tests::CHROMIUM_FLAGS)
+                .args(["--virtual-time-budget=10000", "--dump-dom"])
                 .arg(format!("--user-data-dir={}", profile.display()))
                 .arg(url)
                 .output()
