@@ -11,6 +11,7 @@ mod artifacts;
 mod auth;
 mod cache;
 mod errors;
+mod group_commit;
 mod limits;
 mod live;
 mod metrics;
@@ -105,6 +106,8 @@ struct Inner {
     admission: admission::Admission,
     /// The artifact blob store, set once at start.
     blobs: std::sync::OnceLock<crate::artifacts::BlobStore>,
+    completions: group_commit::GroupCommit<work::Completion>,
+    leases: group_commit::GroupCommit<work::LeaseRequest>,
 }
 
 impl Service {
@@ -127,6 +130,8 @@ impl Service {
                 limits: limits::Limits::default(),
                 admission: admission::Admission::default(),
                 blobs: std::sync::OnceLock::new(),
+                completions: group_commit::GroupCommit::default(),
+                leases: group_commit::GroupCommit::default(),
             }),
         }
     }
@@ -145,6 +150,14 @@ impl Service {
 
     pub fn node(&self) -> &str {
         &self.inner.node
+    }
+
+    pub(crate) fn completions(&self) -> &group_commit::GroupCommit<work::Completion> {
+        &self.inner.completions
+    }
+
+    pub(crate) fn leases(&self) -> &group_commit::GroupCommit<work::LeaseRequest> {
+        &self.inner.leases
     }
 
     pub fn config(&self) -> &ServiceConfig {

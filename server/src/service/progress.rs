@@ -83,11 +83,7 @@ pub(crate) async fn task_finished(
         }
         let dependents: Vec<String> = serde_json::from_str(&dependents)
             .map_err(|e| ServiceError::Internal(format!("corrupt dependents: {e}")))?;
-        for dep_id in dependents {
-            let dep = repo::decrement_pending(db, &dep_id).await?;
-            if dep.pending_deps != 0 || dep.state != TaskState::Blocked.as_str() {
-                continue;
-            }
+        for dep in repo::decrement_pending_many(db, &dependents).await? {
             let to = if should_start(db, run, &dep, run_cancelled).await? {
                 TaskState::Ready
             } else {

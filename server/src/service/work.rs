@@ -9,11 +9,15 @@ use std::time::Duration;
 
 use rand::RngCore;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
+    Set,
+};
 use serde_json::json;
 use tracing::instrument;
 
 use super::auth::Scope;
+use super::group_commit::GroupOp;
 use super::planning::{NewAttempt, attempt_event, task_event};
 use super::progress::{self, Effects, parse_state, run_event, run_facts};
 use super::{Caller, Service, ServiceError};
@@ -74,6 +78,61 @@ pub enum AttemptOutcome {
 pub struct LogPiece {
     pub stream: String,
     pub data: String,
+}
+
+/// A reported completion, applied in a group commit.
+#[derive(Debug, Clone)]
+pub(crate) struct Completion {
+    pub attempt_id: String,
+    pub lease_token: String,
+    pub outcome: AttemptOutcome,
+    pub last_log: Vec<LogPiece>,
+}
+
+#[async_trait::async_trait]
+impl GroupOp for Completion {
+    type Output = ();
+
+    async fn apply(
+        &self,
+        service: &Service,
+        tx: &DatabaseTransaction,
+        now: i64,
+        fx: &mut Effects,
+    ) -> Result<(), ServiceError> {
+        service.complete_in(tx, self, now, fx).await
+    }
+}
+
+/// One lease try on one queue, applied in a group commit.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseRequest {
+    worker_id: String,
+    queue: String,
+    tenant_id: Option<String>,
+}
+
+/// What a lease try claimed, before the secrets are resolved after the commit.
+pub(crate) struct Claimed {
+    attempt: attempt::Model,
+    task: task::Model,
+    run: run::Model,
+    lease_token: String,
+}
+
+#[async_trait::async_trait]
+impl GroupOp for LeaseRequest {
+    type Output = Option<Claimed>;
+
+    async fn apply(
+        &self,
+        service: &Service,
+        tx: &DatabaseTransaction,
+        now: i64,
+        fx: &mut Effects,
+    ) -> Result<Option<Claimed>, ServiceError> {
+        service.lease_in(tx, self, now, fx).await
+    }
 }
 
 fn new_lease_token() -> String {
@@ -223,7 +282,8 @@ impl Service {
         self.try_lease_for(worker_id, queue, None).await
     }
 
-    /// One lease try on one queue, restricted to one tenant's attempts when given.
+    /// One lease try on one queue, restricted to one tenant's attempts when given. Tries
+    /// made at about the same time share a write transaction (see `group_commit`).
     #[instrument(skip_all, fields(queue = %queue, tenant_id = ?tenant_id))]
     pub async fn try_lease_for(
         &self,
@@ -231,19 +291,55 @@ impl Service {
         queue: &str,
         tenant_id: Option<&str>,
     ) -> Result<Option<LeasedAttempt>, ServiceError> {
-        let wtx = self.store().write().await?;
-        let db = &wtx.tx;
-        let now = self.now_ms();
+        let request = LeaseRequest {
+            worker_id: worker_id.to_owned(),
+            queue: queue.to_owned(),
+            tenant_id: tenant_id.map(str::to_owned),
+        };
+        let Some(c) = self.leases().submit(self, request).await? else {
+            return Ok(None);
+        };
+        let mut spec: PlannedTask = serde_json::from_str(&c.task.spec)
+            .map_err(|e| ServiceError::Internal(format!("corrupt task spec: {e}")))?;
+        // After the commit: the stored spec keeps markers, only the worker sees values.
+        // A secret that cannot be decrypted leaves its variable empty (logged), like an
+        // undefined one, rather than stranding the leased attempt.
+        let masks = match self.resolve_secrets(&c.run, &mut spec).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(attempt_id = %c.attempt.id, error = %e, "secrets could not be resolved");
+                self.resolve_secrets_empty(&mut spec);
+                Vec::new()
+            }
+        };
+        Ok(Some(LeasedAttempt {
+            attempt: c.attempt,
+            task: c.task,
+            run: c.run,
+            spec,
+            lease_token: c.lease_token,
+            masks,
+        }))
+    }
+
+    /// Claims an attempt and starts it inside the caller's write transaction.
+    async fn lease_in(
+        &self,
+        db: &DatabaseTransaction,
+        request: &LeaseRequest,
+        now: i64,
+        fx: &mut Effects,
+    ) -> Result<Option<Claimed>, ServiceError> {
         let token = new_lease_token();
         let claimed = repo::claim_attempt(
             db,
             Claim {
-                queue,
-                worker_id,
+                queue: &request.queue,
+                worker_id: &request.worker_id,
                 lease_token: &token,
                 lease_expires_at: now + self.config().lease_ms,
                 now,
-                tenant_id,
+                tenant_id: request.tenant_id.as_deref(),
             },
         )
         .await?;
@@ -258,13 +354,13 @@ impl Service {
             .one(db)
             .await?
             .ok_or_else(|| ServiceError::Internal("attempt without run".into()))?;
-        let mut fx = Effects::default();
         let ev = |t: Transition| attempt_event(&a.tenant_id, &a.run_id, &a.task_id, &a.id, t, None);
         fx.events.push(ev(Transition::check(
             AttemptState::Queued,
             AttemptState::Leased,
             "leased",
         )?));
+        let deadline = now + t.timeout_ms;
         repo::cas_attempt(
             db,
             &a.id,
@@ -273,7 +369,7 @@ impl Service {
             AttemptState::Running,
             |u| {
                 u.col_expr(attempt::Column::StartedAt, Expr::value(now))
-                    .col_expr(attempt::Column::DeadlineAt, Expr::value(now + t.timeout_ms))
+                    .col_expr(attempt::Column::DeadlineAt, Expr::value(deadline))
             },
         )
         .await?;
@@ -296,31 +392,17 @@ impl Service {
                 Transition::check(RunState::Queued, RunState::Running, "first task started")?,
             ));
         }
-        let mut spec: PlannedTask = serde_json::from_str(&t.spec)
-            .map_err(|e| ServiceError::Internal(format!("corrupt task spec: {e}")))?;
-        self.commit(wtx, now, fx).await?;
-        // After the commit: the stored spec keeps markers, only the worker sees values.
-        // A secret that cannot be decrypted leaves its variable empty (logged), like an
-        // undefined one, rather than stranding the leased attempt.
-        let masks = match self.resolve_secrets(&r, &mut spec).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(attempt_id = %a.id, error = %e, "secrets could not be resolved");
-                self.resolve_secrets_empty(&mut spec);
-                Vec::new()
-            }
+        let attempt = attempt::Model {
+            state: AttemptState::Running.as_str().to_owned(),
+            started_at: Some(now),
+            deadline_at: Some(deadline),
+            ..a
         };
-        let attempt = attempt::Entity::find_by_id(a.id.clone())
-            .one(self.store().db())
-            .await?
-            .unwrap_or(a);
-        Ok(Some(LeasedAttempt {
+        Ok(Some(Claimed {
             attempt,
             task: t,
             run: r,
-            spec,
             lease_token: token,
-            masks,
         }))
     }
 
@@ -448,6 +530,9 @@ impl Service {
     /// Records how an attempt ended, with its last output, and decides what follows: the
     /// task succeeds and releases its dependents, or the failure is retried after a
     /// backoff, or the task fails for good.
+    ///
+    /// Completions arriving together are committed together (see `completions`): one
+    /// write transaction for many finished attempts, each applied exactly as alone.
     #[instrument(skip_all, fields(attempt_id = %attempt_id))]
     pub async fn complete_attempt(
         &self,
@@ -459,16 +544,34 @@ impl Service {
     ) -> Result<attempt::Model, ServiceError> {
         caller.require(Scope::Agent)?;
         self.visible_attempt(caller, attempt_id).await?;
-        let wtx = self.store().write().await?;
-        let db = &wtx.tx;
-        let now = self.now_ms();
-        let written = if last_log.is_empty() {
-            Vec::new()
-        } else {
-            self.append_log_in(db, attempt_id, Some(lease_token), last_log)
-                .await?
-                .1
-        };
+        self.completions()
+            .submit(
+                self,
+                Completion {
+                    attempt_id: attempt_id.to_owned(),
+                    lease_token: lease_token.to_owned(),
+                    outcome,
+                    last_log,
+                },
+            )
+            .await?;
+        attempt::Entity::find_by_id(attempt_id.to_owned())
+            .one(self.store().db())
+            .await?
+            .ok_or_else(stale)
+    }
+
+    /// Applies one reported completion inside the caller's write transaction, adding
+    /// what it causes to `fx`. Refuses (before writing anything) a stale lease token.
+    pub(crate) async fn complete_in(
+        &self,
+        db: &impl ConnectionTrait,
+        c: &Completion,
+        now: i64,
+        fx: &mut Effects,
+    ) -> Result<(), ServiceError> {
+        let attempt_id = c.attempt_id.as_str();
+        let lease_token = c.lease_token.as_str();
         let a = attempt::Entity::find_by_id(attempt_id.to_owned())
             .one(db)
             .await?
@@ -479,7 +582,14 @@ impl Service {
         {
             return Err(stale());
         }
-        let (to, kind, exit_code, message) = match &outcome {
+        let written = if c.last_log.is_empty() {
+            Vec::new()
+        } else {
+            self.append_log_in(db, attempt_id, Some(lease_token), c.last_log.clone())
+                .await?
+                .1
+        };
+        let (to, kind, exit_code, message) = match &c.outcome {
             AttemptOutcome::Succeeded => (AttemptState::Succeeded, None, Some(0), None),
             AttemptOutcome::Failed {
                 kind,
@@ -511,7 +621,6 @@ impl Service {
         if !won {
             return Err(stale());
         }
-        let mut fx = Effects::default();
         let details = kind
             .map(|k| json!({ "errorKind": k.as_str(), "exitCode": exit_code, "message": message }));
         fx.events.push(attempt_event(
@@ -522,14 +631,9 @@ impl Service {
             transition,
             details,
         ));
-        self.after_attempt(db, &a, kind, exit_code, now, &mut fx)
-            .await?;
-        fx.logs = written;
-        self.commit(wtx, now, fx).await?;
-        attempt::Entity::find_by_id(attempt_id.to_owned())
-            .one(self.store().db())
-            .await?
-            .ok_or_else(stale)
+        self.after_attempt(db, &a, kind, exit_code, now, fx).await?;
+        fx.logs.extend(written);
+        Ok(())
     }
 
     /// What follows a finished attempt, in its transaction. Shared with the reconciler,

@@ -134,6 +134,56 @@ pub async fn decrement_pending(
         .ok_or_else(|| StoreError::Corrupt(format!("task {task_id} vanished")))
 }
 
+/// Lowers the count of unfinished upstream tasks of every task in `task_ids` by one (a
+/// task listed twice is lowered twice) and returns those that are now blocked on nothing:
+/// two statements, however many dependents a task has.
+pub async fn decrement_pending_many(
+    db: &impl ConnectionTrait,
+    task_ids: &[String],
+) -> Result<Vec<task::Model>, StoreError> {
+    if task_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut distinct: Vec<&String> = task_ids.iter().collect();
+    distinct.sort();
+    distinct.dedup();
+    if distinct.len() == task_ids.len() {
+        task::Entity::update_many()
+            .col_expr(
+                task::Column::PendingDeps,
+                Expr::col(task::Column::PendingDeps).sub(1),
+            )
+            .filter(task::Column::Id.is_in(distinct.iter().map(|s| s.as_str())))
+            .exec(db)
+            .await?;
+    } else {
+        for id in task_ids {
+            task::Entity::update_many()
+                .col_expr(
+                    task::Column::PendingDeps,
+                    Expr::col(task::Column::PendingDeps).sub(1),
+                )
+                .filter(task::Column::Id.eq(id.as_str()))
+                .exec(db)
+                .await?;
+        }
+    }
+    let mut ready = task::Entity::find()
+        .filter(task::Column::Id.is_in(distinct.iter().map(|s| s.as_str())))
+        .filter(task::Column::PendingDeps.eq(0))
+        .filter(task::Column::State.eq(crate::domain::TaskState::Blocked.as_str()))
+        .all(db)
+        .await?;
+    // Keep the order of the dependents list, so that events come out the same every time.
+    let order: std::collections::HashMap<&str, usize> = task_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    ready.sort_by_key(|t| order.get(t.id.as_str()).copied().unwrap_or(usize::MAX));
+    Ok(ready)
+}
+
 /// Counts finished tasks into the run and returns the run as it is now.
 pub async fn count_finished(
     db: &impl ConnectionTrait,
