@@ -282,6 +282,7 @@ impl Service {
         let appended =
             crate::store::events::append_ordered(&wtx.tx, self.node(), now, fx.events).await?;
         let order = wtx.commit_ordered().await?;
+        super::metrics::count_committed(&appended.records);
         self.bus().publish_commit(crate::events::Commit {
             node: self.node().to_owned(),
             prev: Some(appended.prev),

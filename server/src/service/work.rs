@@ -299,6 +299,7 @@ impl Service {
         let mut spec: PlannedTask = serde_json::from_str(&t.spec)
             .map_err(|e| ServiceError::Internal(format!("corrupt task spec: {e}")))?;
         self.commit(wtx, now, fx).await?;
+        crate::metrics::global().leases.with(&[queue]).inc();
         // After the commit: the stored spec keeps markers, only the worker sees values.
         // A secret that cannot be decrypted leaves its variable empty (logged), like an
         // undefined one, rather than stranding the leased attempt.
