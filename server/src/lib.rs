@@ -9,7 +9,8 @@
 //! - `store` — persistence by compare-and-set; `events` — the bus and wake-ups;
 //!   `artifacts` — the content-addressed blob store.
 //! - `executor`, `agent` — running an attempt on a machine, locally or remotely.
-//! - `pipeline` — the file format; `domain` — pure rules; `clock` — injectable time.
+//! - `pipeline` — the file format; `domain` — pure rules; `clock` — injectable time;
+//!   `metrics` — the process's counters and histograms, recorded from every layer.
 
 pub mod agent;
 pub mod app;
@@ -22,6 +23,7 @@ pub mod events;
 pub mod executor;
 pub mod graphql;
 pub mod http;
+pub mod metrics;
 pub mod pipeline;
 pub mod reconciler;
 pub mod scheduler;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::artifacts::LEASE_HEADER;
 use crate::executor::CollectedArtifact;
@@ -375,6 +376,8 @@ pub async fn run_until(args: AgentArgs, shutdown: CancellationToken) -> Result<(
             Ok(Some(job)) => {
                 backoff = Duration::from_millis(200);
                 let attempt_id = job.attempt_id.clone();
+                let span =
+                    tracing::info_span!("attempt", attempt_id = %attempt_id, task = %job.spec.name);
                 // Draining: after shutdown begins, the attempt has the grace period.
                 let handback = CancellationToken::new();
                 let grace = Duration::from_secs(args.shutdown_grace_secs);
@@ -389,6 +392,7 @@ pub async fn run_until(args: AgentArgs, shutdown: CancellationToken) -> Result<(
                 };
                 let result =
                     runner::run_job(&client, job, &config, CancellationToken::new(), handback)
+                        .instrument(span)
                         .await;
                 watch.abort();
                 if let Err(e) = result {

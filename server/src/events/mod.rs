@@ -65,6 +65,21 @@ pub trait EventLog: Send + Sync {
     async fn last_seq(&self) -> Result<i64, String>;
 }
 
+/// Records how long a committed event took to reach this node's live subscribers: from
+/// its transaction's time to now, on the wall clock. A measurement for operators, not a
+/// decision, so it reads the system clock (the bus has no clock of its own). Clock skew
+/// between nodes shifts the figure of a remote event; a negative one reads as zero.
+fn observe_lag(e: &EventRecord) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let lag_ms = u64::try_from(now_ms.saturating_sub(e.at_ms)).unwrap_or(0);
+    crate::metrics::global()
+        .event_delivery_lag
+        .with(&[])
+        .observe(Duration::from_millis(lag_ms));
+}
+
 /// How long a batch may wait for the one committed before it before the log is read.
 const GAP_WAIT: Duration = Duration::from_millis(200);
 
@@ -133,6 +148,7 @@ impl EventBus {
     fn deliver(&self, prev: Option<i64>, events: Vec<EventRecord>) {
         let mut order = self.live.order.lock().unwrap_or_else(|p| p.into_inner());
         for e in order.offer(prev, events) {
+            observe_lag(&e);
             // No subscriber is not an error: the log keeps everything.
             let _ = self.events.send(Arc::new(e));
         }
@@ -194,6 +210,7 @@ impl EventBus {
             let full = batch.len() == 1000;
             let mut order = self.live.order.lock().unwrap_or_else(|p| p.into_inner());
             for e in order.fill(batch) {
+                observe_lag(&e);
                 let _ = self.events.send(Arc::new(e));
             }
             if !full {

@@ -13,6 +13,7 @@ use crate::service::{Caller, EventFilter, Service, ServiceError, event_matches};
 /// The error of a subscriber that fell behind the live buffer: code `LAGGED`, and the last
 /// `seq` it received in `extensions.lastSeq`, to resume with `after`.
 pub fn lagged(last: i64) -> async_graphql::Error {
+    crate::metrics::global().subscribers_lagged.with(&[]).inc();
     async_graphql::Error::new(format!(
         "subscriber fell behind; resume with after: \"{last}\""
     ))

@@ -5,6 +5,7 @@
 //! rule and every authorization check lives in `service`.
 
 pub(crate) mod live;
+mod metrics;
 mod mutation;
 mod query;
 mod security;
@@ -31,7 +32,8 @@ pub const MAX_COMPLEXITY: usize = 20_000;
 pub fn build_schema(service: Option<Service>) -> GantrySchema {
     let mut builder = Schema::build(Query, Mutation, Subscription)
         .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY);
+        .limit_complexity(MAX_COMPLEXITY)
+        .extension(metrics::OperationMetrics);
     if let Some(service) = service {
         builder = builder.data(service);
     }

@@ -128,6 +128,7 @@ impl Subscription {
                         }
                         Ok(_) => {}
                         Err(RecvError::Lagged(_)) => {
+                            crate::metrics::global().subscribers_lagged.with(&[]).inc();
                             yield Err(gql(ServiceError::Conflict(format!(
                                 "subscriber fell behind; resume with fromOffset: {next}"
                             ))));

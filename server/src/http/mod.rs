@@ -1,22 +1,28 @@
 //! The HTTP surface: `/graphql` (POST and WebSocket), `/graphiql`, `/healthz`, `/readyz`,
-//! artifact upload and download (`/artifacts`), and the dashboard's static files at `/`.
+//! `/metrics`, artifact upload and download (`/artifacts`), and the dashboard's static
+//! files at `/`.
 //!
 //! Handlers authenticate the request and hand it to GraphQL or the service; they hold no
-//! rules of their own.
+//! rules of their own. Every request runs in a `request` tracing span (method, route,
+//! request id, and the GraphQL operation) and is timed into
+//! `gantry_http_request_duration_seconds`.
 
 pub mod artifacts;
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use async_graphql::Data;
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
-use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use tower_http::services::{ServeDir, ServeFile};
+use tracing::Instrument;
 
 mod security;
 mod sse;
@@ -56,7 +62,49 @@ pub fn router(state: AppState, web_dir: PathBuf) -> Router {
         // Artifacts stream bodies of any size to the blob store (never whole in memory),
         // so they are merged after the request-size limit that guards everything else.
         .merge(artifacts::routes())
+        .layer(axum::middleware::from_fn(observe))
         .with_state(state)
+}
+
+/// The header carrying a request's id: taken from the client (or a proxy) when present,
+/// made up otherwise, and sent back on the response.
+const REQUEST_ID: &str = "x-request-id";
+
+/// Runs the request in its span and times it by route (the router's pattern, never the
+/// concrete path, so ids do not become label values).
+async fn observe(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("fallback", MatchedPath::as_str)
+        .to_owned();
+    let method = req.method().clone();
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(|| uuid::Uuid::now_v7().simple().to_string(), str::to_owned);
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        route = %route,
+        request_id = %request_id,
+        operation = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("status", status.as_u16());
+    crate::metrics::global()
+        .http_requests
+        .with(&[&route, method.as_str(), status.as_str()])
+        .observe(started.elapsed());
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
 }
 
 fn bearer(value: Option<&str>) -> Option<&str> {

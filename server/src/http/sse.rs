@@ -112,6 +112,7 @@ fn stream(mut feed: Feed, single_run: bool) -> impl Stream<Item = Result<SseEven
                     if end { return; }
                 }
                 Ok(Next::Lagged) => {
+                    crate::metrics::global().subscribers_lagged.with(&[]).inc();
                     yield Ok(SseEvent::default()
                         .event("lagged")
                         .data(serde_json::json!({ "lastSeq": feed.last.to_string() }).to_string()));

@@ -73,6 +73,7 @@ pub async fn run_once(
             config.batch,
         )
         .await?;
+    count_actions(&done);
     if done.any() {
         tracing::info!(
             lost_attempts = done.lost_attempts,
@@ -86,6 +87,21 @@ pub async fn run_once(
     Ok(Some(done))
 }
 
+/// Adds a pass's repairs to `gantry_reconciler_actions_total`.
+fn count_actions(done: &Reconciled) {
+    let actions = &crate::metrics::global().reconciler_actions;
+    for (kind, n) in [
+        ("attempt_lost", done.lost_attempts as u64),
+        ("attempt_timed_out", done.timed_out_attempts as u64),
+        ("worker_lost", done.lost_workers as u64),
+        ("run_finished", done.finished_runs as u64),
+        ("evicted", done.evicted),
+    ] {
+        // Every kind is rendered, at zero too, so that rates exist before the first repair.
+        actions.with(&[kind]).add(n);
+    }
+}
+
 /// Runs passes until `shutdown` fires, then gives the lease up.
 pub async fn run(service: Service, config: ReconcilerConfig, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(config.interval);
@@ -95,7 +111,13 @@ pub async fn run(service: Service, config: ReconcilerConfig, shutdown: Cancellat
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if let Err(e) = run_once(&service, &config).await {
+        let started = std::time::Instant::now();
+        let pass = run_once(&service, &config).await;
+        crate::metrics::global()
+            .background_passes
+            .with(&["reconciler"])
+            .observe(started.elapsed());
+        if let Err(e) = pass {
             tracing::warn!(error = %e, "reconciler pass failed");
         }
     }

@@ -138,7 +138,13 @@ async fn fire(service: &Service, p: &pipeline_row::Model, tick: i64) -> Result<S
 pub async fn run(service: Service, shutdown: CancellationToken) {
     loop {
         let now = service.now_ms();
-        if let Err(e) = run_once(&service, now).await {
+        let started = std::time::Instant::now();
+        let pass = run_once(&service, now).await;
+        crate::metrics::global()
+            .background_passes
+            .with(&["cron"])
+            .observe(started.elapsed());
+        if let Err(e) = pass {
             tracing::warn!(error = %e, "schedule pass failed");
         }
         // Wake one second into the next minute.

@@ -52,7 +52,13 @@ pub async fn run_once(service: &Service, config: &SchedulerConfig) -> Result<usi
 pub async fn run(service: Service, config: SchedulerConfig, shutdown: CancellationToken) {
     let wake = service.wakeups().scheduler();
     loop {
-        if let Err(e) = run_once(&service, &config).await {
+        let started = std::time::Instant::now();
+        let pass = run_once(&service, &config).await;
+        crate::metrics::global()
+            .background_passes
+            .with(&["scheduler"])
+            .observe(started.elapsed());
+        if let Err(e) = pass {
             tracing::warn!(error = %e, "scheduler pass failed");
         }
         let sleep = match service.next_retry_due().await {

@@ -1,6 +1,7 @@
 //! Figures for `GET /metrics` in the Prometheus text format: queue depth per queue and
 //! attempts by queue and state, read from the store (every replica reports the same
-//! installation-wide numbers).
+//! installation-wide numbers), followed by this node's own counters and histograms
+//! (`crate::metrics`), some of which are counted here from committed events.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -8,6 +9,8 @@ use std::fmt::Write;
 use sea_orm::{ConnectionTrait, FromQueryResult, Statement};
 
 use super::{Service, ServiceError};
+use crate::domain::{AttemptState, Entity, EventRecord, RunState};
+use crate::metrics::label;
 
 #[derive(Debug, FromQueryResult)]
 struct Row {
@@ -16,12 +19,26 @@ struct Row {
     n: i64,
 }
 
-/// Escapes a Prometheus label value.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Counts the attempts and runs that a commit of this node finished. Counting committed
+/// events, rather than each code path that ends an attempt (completion, timeout, loss,
+/// cancellation), keeps the figures exact whoever made the transition.
+pub(crate) fn count_committed(records: &[EventRecord]) {
+    let m = crate::metrics::global();
+    for e in records {
+        match e.entity {
+            Entity::Attempt
+                if e.to
+                    .parse::<AttemptState>()
+                    .is_ok_and(AttemptState::is_terminal) =>
+            {
+                m.attempts_finished.with(&[&e.to]).inc();
+            }
+            Entity::Run if e.to.parse::<RunState>().is_ok_and(RunState::is_terminal) => {
+                m.runs_finished.with(&[&e.to]).inc();
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Service {
@@ -58,6 +75,7 @@ impl Service {
                 r.n
             );
         }
+        crate::metrics::global().render(&mut out);
         Ok(out)
     }
 }

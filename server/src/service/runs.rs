@@ -47,7 +47,7 @@ fn check_text(what: &str, value: &str, max: usize) -> Result<(), ServiceError> {
 impl Service {
     /// Plans and stores a run: the DAG, its tasks, the first attempts of the tasks that can
     /// start, and the events, in one transaction. Nothing is written when planning fails.
-    #[instrument(skip_all, fields(pipeline_id = %input.pipeline))]
+    #[instrument(skip_all, fields(pipeline_id = %input.pipeline, run_id = tracing::field::Empty))]
     pub async fn trigger_run(
         &self,
         caller: &Caller,
@@ -151,6 +151,7 @@ impl Service {
 
         let mut fx = Effects::default();
         let run_id = RunId::new().to_string();
+        tracing::Span::current().record("run_id", run_id.as_str());
         let (group, cancel_in_progress) = match &file.concurrency {
             Some(c) => {
                 let mut vars = ctx.vars();
@@ -282,6 +283,7 @@ impl Service {
         let appended =
             crate::store::events::append_ordered(&wtx.tx, self.node(), now, fx.events).await?;
         let order = wtx.commit_ordered().await?;
+        super::metrics::count_committed(&appended.records);
         self.bus().publish_commit(crate::events::Commit {
             node: self.node().to_owned(),
             prev: Some(appended.prev),

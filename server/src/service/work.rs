@@ -299,6 +299,7 @@ impl Service {
         let Some(c) = self.leases().submit(self, request).await? else {
             return Ok(None);
         };
+        crate::metrics::global().leases.with(&[queue]).inc();
         let mut spec: PlannedTask = serde_json::from_str(&c.task.spec)
             .map_err(|e| ServiceError::Internal(format!("corrupt task spec: {e}")))?;
         // After the commit: the stored spec keeps markers, only the worker sees values.
