@@ -350,3 +350,34 @@ async fn a_waiting_parent_takes_its_child_result_after_a_restart() {
         assert_eq!(run["state"], "SUCCEEDED", "{run:#}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_trigger_job_does_not_hold_its_tenants_only_slot() {
+    for backend in backends().await {
+        let s = Server::start(ServerOptions::new(backend)).await;
+        s.data(
+            "mutation { createTenant(input: {name: \"small\", maxRunning: 1}) { id } }",
+            json!({}),
+        )
+        .await;
+        let create = "mutation($n: String!, $f: String!) { createPipeline(input: {tenant: \"small\", name: $n, provider: GIT, repository: \"/tmp\", file: $f}) { id } }";
+        s.data(
+            create,
+            json!({ "n": "child", "f": "jobs:\n  work:\n    steps: [{run: \"true\"}]\n" }),
+        )
+        .await;
+        let p = s
+            .data(
+                create,
+                json!({ "n": "parent", "f": "jobs:\n  deploy:\n    trigger: {pipeline: child}\n" }),
+            )
+            .await["createPipeline"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // With one slot, a waiting parent that held it would starve its own child forever.
+        let run_id = s.trigger(&p, "abc123").await;
+        let run = s.wait_run(&run_id, WITHIN).await;
+        assert_eq!(run["state"], "SUCCEEDED", "{backend:?}: {run:#}");
+    }
+}
