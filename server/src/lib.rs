@@ -11,12 +11,14 @@
 //! - `executor`, `agent` — running an attempt on a machine, locally or remotely.
 //! - `pipeline` — the file format; `domain` — pure rules; `clock` — injectable time;
 //!   `metrics` — the process's counters and histograms, recorded from every layer.
+//! - `config` — the options of `gantry serve`: flags, environment and TOML file.
 
 pub mod agent;
 pub mod app;
 pub mod artifacts;
 pub mod bench;
 pub mod clock;
+pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod events;

@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use gantry::app::{Node, NodeConfig};
+use gantry::config::{DbConfig, SandboxKind, ServeConfig};
 use gantry::executor::Sandbox;
 use gantry::reconciler::ReconcilerConfig;
 use gantry::service::SecretKey;
-use gantry::store::Durability;
 
 /// Gantry: a CI/CD orchestrator.
 #[derive(Parser)]
@@ -43,11 +43,11 @@ static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 #[derive(Subcommand)]
 enum Command {
     /// Runs a server node: API, dashboard, scheduler and in-process workers.
-    Serve(ServeArgs),
+    Serve(Box<ServeConfig>),
     /// Runs a remote worker that leases attempts from a server.
     Agent(gantry::agent::AgentArgs),
     /// Applies database migrations and exits.
-    Migrate(DbArgs),
+    Migrate(DbConfig),
     /// Validates a pipeline file and prints its DAG, or its errors (exit code 1).
     Validate {
         /// The pipeline file.
@@ -57,88 +57,6 @@ enum Command {
     Schema,
     /// Runs the standard workloads against an in-process server and prints figures.
     Bench(gantry::bench::BenchArgs),
-}
-
-#[derive(clap::Args, Clone)]
-struct DbArgs {
-    /// Directory of the embedded SQLite database, workspaces and artifacts.
-    #[arg(long, env = "GANTRY_DATA_DIR", default_value = "./gantry-data")]
-    data_dir: PathBuf,
-    /// PostgreSQL URL for scale-out; without it the embedded SQLite database is used.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: Option<String>,
-    /// SQLite durability: `normal` survives process crashes, `full` power loss too.
-    #[arg(long, env = "GANTRY_DURABILITY", value_enum, default_value = "normal")]
-    durability: Durability,
-}
-
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "GANTRY_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    #[command(flatten)]
-    db: DbArgs,
-    /// In-process workers (default: number of cores; 0 for agents only).
-    #[arg(long, env = "GANTRY_WORKERS")]
-    workers: Option<usize>,
-    /// Queues the in-process workers serve.
-    #[arg(
-        long = "queue",
-        env = "GANTRY_QUEUES",
-        value_delimiter = ',',
-        default_value = "default"
-    )]
-    queues: Vec<String>,
-    /// Directory of the built dashboard.
-    #[arg(long, env = "GANTRY_WEB_DIR", default_value = "web/dist")]
-    web_dir: PathBuf,
-    /// Name of this node in events and worker names (default: host name and pid).
-    #[arg(long, env = "GANTRY_NODE")]
-    node: Option<String>,
-    /// Bootstrap admin token; without it one is generated at the first start and printed.
-    #[arg(long, env = "GANTRY_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
-    /// Sandbox for steps of in-process workers: `none` or `bwrap`.
-    #[arg(long, env = "GANTRY_SANDBOX", value_enum, default_value = "none")]
-    sandbox: SandboxArg,
-    /// Seconds between SIGTERM and SIGKILL when a step is stopped.
-    #[arg(long, env = "GANTRY_KILL_GRACE_SECS", default_value_t = 10)]
-    kill_grace_secs: u64,
-    /// On SIGTERM, seconds running attempts may take to finish before they are handed back.
-    #[arg(long, env = "GANTRY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
-    shutdown_grace_secs: u64,
-    /// Seconds without a heartbeat after which a worker (and its attempts) is lost.
-    #[arg(long, env = "GANTRY_LOST_AFTER_SECS", default_value_t = 10)]
-    lost_after_secs: u64,
-    /// Key that encrypts secrets at rest: base64 of 32 random bytes
-    /// (`head -c32 /dev/urandom | base64`). Without a key, secrets cannot be set.
-    #[arg(long, env = "GANTRY_SECRET_KEY", hide_env_values = true)]
-    secret_key: Option<String>,
-    /// File holding the secret key (base64), instead of `--secret-key`.
-    #[arg(long, env = "GANTRY_SECRET_KEY_FILE", conflicts_with = "secret_key")]
-    secret_key_file: Option<PathBuf>,
-    /// Artifact store: `s3://bucket[/prefix]` (endpoint and credentials from the `AWS_*`
-    /// environment variables); without it, `<data-dir>/artifacts` on the filesystem.
-    #[arg(long, env = "GANTRY_ARTIFACT_STORE")]
-    artifact_store: Option<String>,
-    /// Redis URL: carries events, log output, cancel signals and queue wake-ups between
-    /// the server replicas that share one PostgreSQL database.
-    #[arg(long, env = "REDIS_URL")]
-    redis_url: Option<String>,
-    /// Prefix of this installation's Redis channels and keys.
-    #[arg(long, env = "GANTRY_REDIS_PREFIX", default_value = "gantry")]
-    redis_prefix: String,
-    /// Most attempts waiting for a worker (queued or scheduled) before new triggers are
-    /// refused with OVERLOADED; 0 for no bound.
-    #[arg(long, env = "GANTRY_MAX_PENDING_ATTEMPTS", default_value_t = gantry::service::DEFAULT_MAX_PENDING_ATTEMPTS)]
-    max_pending_attempts: u64,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum SandboxArg {
-    None,
-    Bwrap,
 }
 
 fn node_name() -> String {
@@ -162,8 +80,10 @@ fn init_tracing() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli).await {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let serve_matches = matches.subcommand_matches("serve").cloned();
+    match run(cli, serve_matches).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -172,7 +92,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Result<ExitCode> {
     let _ = LOG_FORMAT.set(cli.log_format);
     match cli.command {
         Command::Schema => {
@@ -197,6 +117,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => {
+            let args = match &serve_matches {
+                Some(m) => args.with_file(m)?,
+                None => *args,
+            };
             init_tracing();
             serve(args).await?;
             Ok(ExitCode::SUCCESS)
@@ -204,7 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn node_config_for_db(db: &DbArgs) -> NodeConfig {
+fn node_config_for_db(db: &DbConfig) -> NodeConfig {
     NodeConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         data_dir: db.data_dir.clone(),
@@ -226,7 +150,7 @@ fn node_config_for_db(db: &DbArgs) -> NodeConfig {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeConfig) -> anyhow::Result<()> {
     let secret_key = match (&args.secret_key, &args.secret_key_file) {
         (Some(text), _) => Some(SecretKey::from_base64(text).map_err(anyhow::Error::msg)?),
         (None, Some(path)) => Some(SecretKey::from_file(path).map_err(anyhow::Error::msg)?),
@@ -247,8 +171,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         node: args.node.unwrap_or_else(node_name),
         admin_token: args.admin_token,
         sandbox: match args.sandbox {
-            SandboxArg::None => Sandbox::None,
-            SandboxArg::Bwrap => Sandbox::Bwrap,
+            SandboxKind::None => Sandbox::None,
+            SandboxKind::Bwrap => Sandbox::Bwrap,
         },
         kill_grace: Duration::from_secs(args.kill_grace_secs),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),

@@ -260,6 +260,21 @@ impl Run {
     async fn priority(&self) -> i32 {
         self.0.priority
     }
+    /// The trigger job that started this run (`trigger: upstream`), in its parent run.
+    async fn parent_task(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Task>> {
+        let Some(id) = &self.0.parent_task_id else {
+            return Ok(None);
+        };
+        let s = service(ctx)?;
+        s.task(caller(ctx)?, id)
+            .await
+            .map(|t| Some(Task(t)))
+            .map_err(gql)
+    }
+    /// How many trigger jobs deep this run is: 0 unless a trigger job started it.
+    async fn trigger_depth(&self) -> i32 {
+        self.0.trigger_depth
+    }
     async fn pipeline(&self, ctx: &Context<'_>) -> async_graphql::Result<Pipeline> {
         let s = service(ctx)?;
         s.pipeline(caller(ctx)?, &self.0.pipeline_id)
@@ -373,6 +388,17 @@ impl Task {
     }
     async fn max_attempts(&self) -> i32 {
         self.0.max_attempts
+    }
+    /// For a trigger job: the run it started (the latest, after a retry).
+    async fn child_run(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Run>> {
+        let Some(id) = &self.0.child_run_id else {
+            return Ok(None);
+        };
+        let s = service(ctx)?;
+        s.run(caller(ctx)?, id)
+            .await
+            .map(|r| Some(Run(r)))
+            .map_err(gql)
     }
     async fn run(&self, ctx: &Context<'_>) -> async_graphql::Result<Run> {
         let s = service(ctx)?;

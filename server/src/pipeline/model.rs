@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_QUEUE: &str = "default";
 pub const DEFAULT_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 pub const DEFAULT_CACHE_TTL_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+/// The queue of trigger jobs' attempts. No worker serves it: the server starts the child
+/// run itself (`scheduler`), so the name is reserved and refused to workers.
+pub const TRIGGER_QUEUE: &str = "gantry:trigger";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PipelineFile {
@@ -104,6 +107,23 @@ pub struct JobSpec {
     pub steps: Vec<StepSpec>,
     pub artifacts: Vec<String>,
     pub matrix: Option<MatrixSpec>,
+    /// A trigger job starts a run of another pipeline instead of running `steps` (which
+    /// is then empty).
+    #[serde(default)]
+    pub trigger: Option<TriggerSpec>,
+}
+
+/// `trigger:` of a job: start a run of a pipeline of the same tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerSpec {
+    /// The name of the pipeline to run.
+    pub pipeline: String,
+    /// The child run's ref; `None` takes the parent run's. May contain `${{ }}` in a
+    /// job spec; rendered in a planned task.
+    pub r#ref: Option<String>,
+    /// Whether the job waits for the child run and takes its result (the default), or
+    /// succeeds as soon as the child run is accepted.
+    pub wait: bool,
 }
 
 /// How failed attempts are retried. An attempt is retried when its failure
@@ -299,4 +319,7 @@ pub struct PlannedTask {
     /// Scripts, names, inputs and step env with substitutions applied.
     pub steps: Vec<StepSpec>,
     pub artifacts: Vec<String>,
+    /// Set for a trigger job, with its ref rendered; such a task has no steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<TriggerSpec>,
 }

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use crate::domain::dag::{self, DagError};
 use crate::pipeline::expr;
 use crate::pipeline::matrix::{self, Combination};
-use crate::pipeline::model::{JobSpec, PipelineFile, PlanContext, PlannedTask, StepKind, StepSpec};
+use crate::pipeline::model::{
+    JobSpec, PipelineFile, PlanContext, PlannedTask, StepKind, StepSpec, TriggerSpec,
+};
 use crate::pipeline::{MAX_TOTAL_TASKS, PipelineError};
 
 type Vars = BTreeMap<String, String>;
@@ -198,7 +200,13 @@ pub fn plan(
                 .iter()
                 .map(|step| plan_step(&mut s, step, &vars))
                 .collect();
+            let trigger = job.trigger.as_ref().map(|t| TriggerSpec {
+                pipeline: t.pipeline.clone(),
+                r#ref: s.opt("trigger.ref", t.r#ref.as_ref(), &vars),
+                wait: t.wait,
+            });
             tasks.push(PlannedTask {
+                trigger,
                 name,
                 job_id: job.id.clone(),
                 display_name,

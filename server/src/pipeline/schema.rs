@@ -16,7 +16,7 @@ use crate::pipeline::expr::{self, Condition};
 use crate::pipeline::model::{
     BackoffSpec, BranchFilter, CacheSpec, ConcurrencySpec, DEFAULT_QUEUE, DEFAULT_TIMEOUT_MS,
     Jitter, JobSpec, MatrixAxis, MatrixSpec, NotifyFormat, NotifySpec, PipelineFile, RetryOn,
-    RetrySpec, StepKind, StepSpec, Triggers,
+    RetrySpec, StepKind, StepSpec, TRIGGER_QUEUE, TriggerSpec, Triggers,
 };
 use crate::pipeline::yaml::{self, Entry, Node, NodeKind};
 use crate::pipeline::{MAX_FILE_BYTES, MAX_TOTAL_TASKS, PipelineError, duration, matrix};
@@ -43,6 +43,19 @@ const JOB_KEYS: &[&str] = &[
     "cache",
     "continue-on-error",
     "steps",
+    "artifacts",
+    "trigger",
+];
+/// Keys of a `trigger:` block.
+const TRIGGER_JOB_KEYS: &[&str] = &["pipeline", "ref", "wait"];
+/// Job keys that describe work on a worker, which a trigger job does not do.
+const WORKER_ONLY_KEYS: &[&str] = &[
+    "steps",
+    "runs-on",
+    "strategy",
+    "timeout-minutes",
+    "retry",
+    "cache",
     "artifacts",
 ];
 const STEP_KEYS: &[&str] = &[
@@ -1098,7 +1111,34 @@ impl Checker {
             );
         }
         let entries = self.mapping(&entry.value, &format!("job `{id}`"), JOB_KEYS)?;
-        let matrix = get(entries, "strategy").and_then(|n| self.strategy(n));
+        let trigger_entry = get_entry(entries, "trigger");
+        if trigger_entry.is_some() {
+            for e in entries
+                .iter()
+                .filter(|e| WORKER_ONLY_KEYS.contains(&e.key.as_str()))
+            {
+                let message = if e.key == "steps" {
+                    format!(
+                        "job `{id}` has both `steps` and `trigger`; they are mutually exclusive"
+                    )
+                } else {
+                    format!(
+                        "`{}` does not apply to trigger job `{id}`: it runs on no worker",
+                        e.key
+                    )
+                };
+                self.at_key(
+                    e,
+                    message,
+                    "a trigger job starts another pipeline's run; move the work into that pipeline",
+                );
+            }
+        }
+        let matrix = if trigger_entry.is_some() {
+            None
+        } else {
+            get(entries, "strategy").and_then(|n| self.strategy(n))
+        };
         let matrix_keys = matrix.as_ref().map(matrix::all_keys);
         let task_count = matrix
             .as_ref()
@@ -1204,10 +1244,11 @@ impl Checker {
 
         let mut steps = Vec::new();
         match get_entry(entries, "steps") {
+            _ if trigger_entry.is_some() => {}
             None => self.at_key(
                 entry,
                 format!("job `{id}` has no steps"),
-                "add a `steps:` list",
+                "add a `steps:` list, or a `trigger:` to start another pipeline",
             ),
             Some(e) => match &e.value.kind {
                 NodeKind::Seq(items) if items.is_empty() => self.at(
@@ -1235,7 +1276,25 @@ impl Checker {
             })
             .collect();
 
+        let trigger = trigger_entry.and_then(|e| self.trigger(&e.value, scope));
+        let (runs_on, labels, retry, cache) = if trigger_entry.is_some() {
+            // The child run retries its own tasks; a trigger is tried once, and never
+            // served from the cache (a child run is not an artifact).
+            let once = RetrySpec {
+                max_attempts: 1,
+                on: Vec::new(),
+                ..RetrySpec::default()
+            };
+            let off = CacheSpec {
+                enabled: false,
+                ..cache
+            };
+            (TRIGGER_QUEUE.to_owned(), Vec::new(), once, off)
+        } else {
+            (runs_on, labels, retry, cache)
+        };
         let spec = JobSpec {
+            trigger,
             id,
             name,
             line: entry.key_line,
@@ -1257,6 +1316,49 @@ impl Checker {
             needs,
             key_column: entry.key_column,
             tasks: task_count,
+        })
+    }
+
+    /// `trigger: {pipeline, ref, wait}`. The pipeline is looked up when the pipeline is
+    /// stored and when the job runs, not here: a file is checked on its own.
+    fn trigger(&mut self, node: &Node, scope: Scope<'_>) -> Option<TriggerSpec> {
+        let entries = self.mapping(node, "`trigger`", TRIGGER_JOB_KEYS)?;
+        let pipeline = match get(entries, "pipeline") {
+            None => {
+                self.at(
+                    node,
+                    "`trigger` needs a `pipeline` to start",
+                    "write e.g. `trigger: {pipeline: deploy}`",
+                );
+                None
+            }
+            Some(n) => self.string(n, "`trigger.pipeline`").and_then(|name| {
+                let ok = !name.is_empty()
+                    && name.len() <= 100
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                if ok {
+                    Some(name)
+                } else {
+                    self.at(
+                        n,
+                        format!("`trigger.pipeline` is not a pipeline name: `{name}`"),
+                        "pipeline names are 1 to 100 letters, digits, '-', '_' or '.'",
+                    );
+                    None
+                }
+            }),
+        };
+        let r#ref =
+            get(entries, "ref").and_then(|n| self.templated_string(n, "`trigger.ref`", scope));
+        let wait = get(entries, "wait")
+            .and_then(|n| self.boolean(n, "`trigger.wait`"))
+            .unwrap_or(true);
+        Some(TriggerSpec {
+            pipeline: pipeline?,
+            r#ref,
+            wait,
         })
     }
 
@@ -1687,6 +1789,85 @@ jobs:
             3,
             22,
             "greater than 0",
+        );
+    }
+
+    #[test]
+    fn trigger_jobs_parse_and_plan() {
+        let text = "jobs:\n  build:\n    steps: [{run: echo}]\n  deploy:\n    needs: build\n    trigger: {pipeline: deploy-prod, ref: \"${{ ref }}-x\", wait: false}\n  child:\n    trigger:\n      pipeline: child.v2\n";
+        let f = parse(text).unwrap();
+        let deploy = &f.jobs[1];
+        assert_eq!(
+            deploy.trigger,
+            Some(TriggerSpec {
+                pipeline: "deploy-prod".into(),
+                r#ref: Some("${{ ref }}-x".into()),
+                wait: false
+            })
+        );
+        assert!(deploy.steps.is_empty());
+        assert_eq!(deploy.runs_on, TRIGGER_QUEUE);
+        assert_eq!(deploy.retry.max_attempts, 1);
+        assert!(!deploy.cache.enabled);
+        assert!(f.jobs[2].trigger.as_ref().unwrap().wait, "waits by default");
+        let ctx = crate::pipeline::PlanContext {
+            repository: "r".into(),
+            sha: "s".into(),
+            r#ref: "refs/heads/main".into(),
+            run_number: 1,
+        };
+        let tasks = crate::pipeline::plan(&f, &ctx).unwrap();
+        assert_eq!(
+            tasks[1].trigger.as_ref().unwrap().r#ref.as_deref(),
+            Some("refs/heads/main-x")
+        );
+        assert_eq!(tasks[2].trigger.as_ref().unwrap().r#ref, None);
+        assert_eq!(tasks[0].trigger, None);
+    }
+
+    #[test]
+    fn trigger_job_errors() {
+        one(
+            "jobs:\n  a:\n    trigger: {pipeline: b}\n    steps: [{run: echo}]\n",
+            4,
+            5,
+            "job `a` has both `steps` and `trigger`; they are mutually exclusive",
+        );
+        one(
+            "jobs:\n  a:\n    runs-on: linux\n    trigger: {pipeline: b}\n",
+            3,
+            5,
+            "`runs-on` does not apply to trigger job `a`",
+        );
+        one(
+            "jobs:\n  a:\n    trigger: {wait: true}\n",
+            3,
+            14,
+            "`trigger` needs a `pipeline`",
+        );
+        one(
+            "jobs:\n  a:\n    trigger: {pipeline: \"x y\"}\n",
+            3,
+            25,
+            "is not a pipeline name",
+        );
+        one(
+            "jobs:\n  a:\n    trigger: {pipeline: b, wiat: true}\n",
+            3,
+            28,
+            "unknown key `wiat` in `trigger`",
+        );
+        one(
+            "jobs:\n  a:\n    trigger: {pipeline: b, ref: \"${{ matrix.x }}\"}\n",
+            3,
+            33,
+            "unknown variable `matrix.x`",
+        );
+        one(
+            "jobs:\n  a:\n    trigger: {pipeline: b, wait: maybe}\n",
+            3,
+            34,
+            "`trigger.wait` must be true or false",
         );
     }
 

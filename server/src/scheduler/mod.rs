@@ -1,8 +1,9 @@
-//! The scheduler's timed work: retries whose backoff has passed move into their queue.
+//! The scheduler's timed work: retries whose backoff has passed move into their queue;
+//! and the work no worker does: trigger jobs start their child runs.
 //!
 //! Readiness itself needs no loop — the transaction that finishes a task makes its
-//! dependents ready — so this service only wakes for time: at the earliest due retry, or
-//! when a commit schedules a new one.
+//! dependents ready — so this service only wakes for time (at the earliest due retry, or
+//! when a commit schedules a new one) and when a commit queues a trigger job.
 
 pub mod cron;
 
@@ -31,7 +32,8 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// One pass: promotes due retries; returns how many moved.
+/// One pass: promotes due retries, then starts queued trigger jobs; returns how many
+/// attempts moved.
 #[instrument(skip_all)]
 pub async fn run_once(service: &Service, config: &SchedulerConfig) -> Result<usize, ServiceError> {
     let mut total = 0;
@@ -45,7 +47,18 @@ pub async fn run_once(service: &Service, config: &SchedulerConfig) -> Result<usi
     if total > 0 {
         tracing::debug!(promoted = total, "retries promoted");
     }
-    Ok(total)
+    let mut triggered = 0;
+    loop {
+        let started = service.start_triggers(config.batch).await?;
+        triggered += started;
+        if (started as u64) < config.batch {
+            break;
+        }
+    }
+    if triggered > 0 {
+        tracing::debug!(triggered, "trigger jobs started");
+    }
+    Ok(total + triggered)
 }
 
 /// Runs until `shutdown` fires.

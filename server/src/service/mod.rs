@@ -23,6 +23,7 @@ mod runs;
 mod secrets;
 pub mod status_hooks;
 mod tenants;
+mod triggers;
 mod webhooks;
 mod work;
 
@@ -38,6 +39,9 @@ pub use reconcile::Reconciled;
 pub use runs::TriggerInput;
 pub use secrets::{SecretInput, SecretKey};
 pub use tenants::{PipelineInput, PipelineUpdate, TenantInput};
+pub use triggers::{
+    DEFAULT_MAX_TRIGGER_DEPTH, TRIGGER_DEPTH, TRIGGER_FAILED, TRIGGER_PIPELINE_NOT_FOUND,
+};
 pub use webhooks::{WebhookOutcome, WebhookRequest};
 pub use work::{AttemptOutcome, HeartbeatReply, LeasedAttempt, LogPiece, WorkerInput};
 
@@ -67,6 +71,8 @@ pub struct ServiceConfig {
     /// Most attempts waiting for a worker (queued or scheduled) in the installation;
     /// beyond it triggers are refused with OVERLOADED. 0 turns the bound off.
     pub max_pending_attempts: u64,
+    /// How deeply trigger jobs may nest runs; a deeper trigger fails with TRIGGER_DEPTH.
+    pub max_trigger_depth: i32,
 }
 
 /// A generous bound: far above what a healthy installation holds, low enough that a
@@ -85,6 +91,7 @@ impl Default for ServiceConfig {
             max_ws_message_bytes: 256 * 1024,
             secret_key: None,
             max_pending_attempts: DEFAULT_MAX_PENDING_ATTEMPTS,
+            max_trigger_depth: DEFAULT_MAX_TRIGGER_DEPTH,
         }
     }
 }

@@ -164,19 +164,24 @@ impl NewAttempt<'_> {
 /// built, and an upstream key determines the upstream's output as far as the cache is
 /// concerned (a cache hit reuses exactly the artifacts recorded under that key).
 fn cache_key(f: &RunFacts<'_>, t: &PlannedTask, upstream_keys: &[String]) -> String {
+    let mut spec = json!({
+        "steps": t.steps,
+        "env": t.env,
+        "matrix": t.matrix,
+        "queue": t.queue,
+        "labels": t.labels,
+        "artifacts": t.artifacts,
+    });
+    // Only trigger jobs carry the key, so that the keys of other jobs stay what they were.
+    if let Some(trigger) = &t.trigger {
+        spec["trigger"] = json!(trigger);
+    }
     CacheKeyInputs {
         tenant: f.tenant_id,
         provider: f.provider,
         repository: f.repository,
         sha: f.sha,
-        spec: &json!({
-            "steps": t.steps,
-            "env": t.env,
-            "matrix": t.matrix,
-            "queue": t.queue,
-            "labels": t.labels,
-            "artifacts": t.artifacts,
-        }),
+        spec: &spec,
         consumed: upstream_keys,
     }
     .key()
@@ -320,6 +325,7 @@ pub(crate) fn plan_rows(
             created_at: Set(f.now),
             started_at: Set(None),
             finished_at: Set(matches!(s, TaskState::Skipped | TaskState::Cached).then_some(f.now)),
+            child_run_id: Set(None),
         });
         let reason = match s {
             TaskState::Cached => "planned: cache hit",

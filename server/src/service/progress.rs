@@ -225,6 +225,10 @@ pub(crate) async fn finish_run(
         if run.concurrency_group.is_some() {
             release_next_in_group(db, run, now, fx).await?;
         }
+        if run.parent_task_id.is_some() {
+            // Boxed: the parent task's end can finish the parent run, and so on upwards.
+            Box::pin(super::triggers::child_finished(db, run, to, now, fx)).await?;
+        }
     }
     Ok(())
 }

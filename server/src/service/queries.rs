@@ -294,6 +294,9 @@ impl Service {
                     )
                 }))
             }
+            TaskState::Ready if t.queue == crate::pipeline::TRIGGER_QUEUE => {
+                Ok(Some("starting the run of the pipeline it triggers".into()))
+            }
             TaskState::Ready => {
                 let Some(a) = attempt::Entity::find()
                     .filter(attempt::Column::TaskId.eq(t.id.clone()))

@@ -21,6 +21,8 @@ pub struct Reconciled {
     pub timed_out_attempts: usize,
     pub lost_workers: usize,
     pub finished_runs: usize,
+    /// Waiting trigger jobs finished because their child run had ended.
+    pub settled_triggers: usize,
     /// Expired cache entries and artifacts removed.
     pub evicted: u64,
 }
@@ -180,6 +182,8 @@ impl Service {
                 done.finished_runs += 1;
             }
         }
+        // Trigger jobs still waiting for a child run that has ended.
+        done.settled_triggers = self.settle_waiting_triggers(batch).await?;
         // Cache entries and artifacts past their TTL.
         done.evicted = self.evict_expired(now).await?;
         Ok(done)
@@ -218,8 +222,7 @@ impl Service {
             transition,
             Some(json!({ "errorKind": kind.as_str(), "message": message, "worker": a.worker_id })),
         ));
-        self.after_attempt(db, a, Some(kind), None, now, &mut fx)
-            .await?;
+        super::work::after_attempt(db, a, Some(kind), None, now, &mut fx).await?;
         // A worker that was told nothing keeps running the attempt: tell it to stop.
         fx.cancel_attempts.push(a.id.clone());
         self.commit(wtx, now, fx).await?;

@@ -107,16 +107,7 @@ impl Service {
         pipeline_id: &str,
         input: &TriggerInput,
     ) -> Result<Option<run::Model>, ServiceError> {
-        let Some(key) = &input.idempotency_key else {
-            return Ok(None);
-        };
-        Ok(run::Entity::find()
-            .filter(run::Column::PipelineId.eq(pipeline_id))
-            .filter(run::Column::Sha.eq(input.sha.clone()))
-            .filter(run::Column::GitRef.eq(input.git_ref.clone()))
-            .filter(run::Column::IdempotencyKey.eq(key.clone()))
-            .one(self.store().db())
-            .await?)
+        find_idempotent_in(self.store().db(), pipeline_id, input).await
     }
 
     async fn plan_run(
@@ -127,145 +118,9 @@ impl Service {
         reuse: Option<&HashMap<String, super::cache::Reusable>>,
     ) -> Result<run::Model, ServiceError> {
         let wtx = self.store().write().await?;
-        let db = &wtx.tx;
-        if let Some(existing) = self.find_idempotent(&pipeline.id, input).await? {
-            return Ok(existing);
-        }
         let now = self.now_ms();
-        let number = repo::next_run_number(db, &pipeline.id).await?;
-        let ctx = PlanContext {
-            repository: pipeline.repository.clone(),
-            sha: input.sha.clone(),
-            r#ref: input.git_ref.clone(),
-            run_number: number,
-        };
-        let mut planned = pipeline::plan(file, &ctx).map_err(ServiceError::InvalidPipeline)?;
-        let nodes: Vec<(String, Vec<String>)> = planned
-            .iter()
-            .map(|t| (t.name.clone(), t.needs.clone()))
-            .collect();
-        let order = dag::topo_order(&nodes).map_err(|e| ServiceError::BadInput(e.to_string()))?;
-        let mut slots: Vec<Option<pipeline::PlannedTask>> = planned.drain(..).map(Some).collect();
-        let planned: Vec<pipeline::PlannedTask> =
-            order.into_iter().filter_map(|i| slots[i].take()).collect();
-
         let mut fx = Effects::default();
-        let run_id = RunId::new().to_string();
-        tracing::Span::current().record("run_id", run_id.as_str());
-        let (group, cancel_in_progress) = match &file.concurrency {
-            Some(c) => {
-                let mut vars = ctx.vars();
-                vars.extend(
-                    file.env
-                        .iter()
-                        .map(|(k, v)| (format!("env.{k}"), v.clone())),
-                );
-                let group = pipeline::expr::substitute(&c.group, &vars)
-                    .map_err(|e| ServiceError::BadInput(format!("concurrency.group: {e}")))?;
-                (Some(group), c.cancel_in_progress)
-            }
-            None => (None, false),
-        };
-        let mut held = false;
-        if let Some(group) = &group {
-            let active = run::Entity::find()
-                .filter(run::Column::TenantId.eq(pipeline.tenant_id.clone()))
-                .filter(run::Column::ConcurrencyGroup.eq(group.clone()))
-                .filter(run::Column::State.is_in([
-                    RunState::Queued.as_str(),
-                    RunState::Running.as_str(),
-                    RunState::Cancelling.as_str(),
-                ]))
-                .all(db)
-                .await?;
-            if cancel_in_progress {
-                for other in active {
-                    if other.state != RunState::Cancelling.as_str() {
-                        cancel_in_tx(
-                            db,
-                            &other,
-                            now,
-                            "superseded by a newer run of its concurrency group",
-                            &mut fx,
-                        )
-                        .await?;
-                    }
-                }
-            } else {
-                held = !active.is_empty();
-            }
-        }
-
-        let total = planned.len() as i32;
-        let model = run::ActiveModel {
-            id: Set(run_id.clone()),
-            tenant_id: Set(pipeline.tenant_id.clone()),
-            pipeline_id: Set(pipeline.id.clone()),
-            number: Set(number),
-            provider: Set(pipeline.provider.clone()),
-            repository: Set(pipeline.repository.clone()),
-            sha: Set(input.sha.clone()),
-            git_ref: Set(input.git_ref.clone()),
-            trigger_kind: Set(input.trigger_kind.clone().unwrap_or_else(|| "api".into())),
-            idempotency_key: Set(input.idempotency_key.clone()),
-            concurrency_group: Set(group),
-            cancel_in_progress: Set(cancel_in_progress),
-            priority: Set(input.priority.unwrap_or(0)),
-            state: Set(RunState::Queued.as_str().to_owned()),
-            parent_task_id: Set(None),
-            held: Set(held),
-            tasks_total: Set(total),
-            tasks_remaining: Set(total),
-            tasks_failed: Set(0),
-            created_at: Set(now),
-            started_at: Set(None),
-            finished_at: Set(None),
-            no_cache: Set(input.no_cache),
-        };
-        let run = model.insert(db).await.map_err(StoreError::from)?;
-        fx.events.push(run_event(
-            &run,
-            Transition::created(RunState::Queued, "triggered"),
-        ));
-        let facts = RunFacts {
-            run_id: &run.id,
-            tenant_id: &run.tenant_id,
-            provider: &run.provider,
-            repository: &run.repository,
-            sha: &run.sha,
-            priority: run.priority,
-            held,
-            now,
-        };
-        let keys = planning::cache_keys(&facts, &planned);
-        let cache = super::cache::plan_lookup(
-            db,
-            &run.tenant_id,
-            &planned,
-            &keys,
-            input.no_cache,
-            reuse,
-            now,
-        )
-        .await?;
-        let rows = planning::plan_rows(&facts, planned, keys, &cache);
-        let finished = rows.skipped + rows.cached.len() as i32;
-        super::cache::apply_plan(db, &facts, &rows).await?;
-        fx.events.extend(rows.events);
-        for q in &rows.queues {
-            fx.wake(q);
-        }
-        repo::insert_tasks(db, rows.tasks).await?;
-        repo::insert_attempts(db, rows.attempts).await?;
-        let run = if finished > 0 {
-            let run = repo::count_finished(db, &run.id, finished, 0).await?;
-            if run.tasks_remaining <= 0 {
-                progress::finish_run(db, &run, now, &mut fx).await?;
-            }
-            run
-        } else {
-            run
-        };
+        let run = plan_run_in(&wtx.tx, pipeline, file, input, reuse, None, now, &mut fx).await?;
         self.commit(wtx, now, fx).await?;
         Ok(run::Entity::find_by_id(run.id.clone())
             .one(self.store().db())
@@ -280,6 +135,9 @@ impl Service {
         now: i64,
         fx: Effects,
     ) -> Result<(), ServiceError> {
+        // Trigger jobs are started by the scheduler, not leased by a worker.
+        let scheduler =
+            fx.retry_scheduled || fx.queues.iter().any(|q| q == pipeline::TRIGGER_QUEUE);
         let appended =
             crate::store::events::append_ordered(&wtx.tx, self.node(), now, fx.events).await?;
         let order = wtx.commit_ordered().await?;
@@ -291,7 +149,7 @@ impl Service {
             logs: fx.logs,
             cancels: fx.cancel_attempts.clone(),
             queues: fx.queues.clone(),
-            scheduler: fx.retry_scheduled,
+            scheduler,
         });
         drop(order);
         for q in &fx.queues {
@@ -301,7 +159,7 @@ impl Service {
             self.bus()
                 .signal(crate::events::Signal::Cancel { attempt_id });
         }
-        if fx.retry_scheduled {
+        if scheduler {
             self.wakeups().wake_scheduler();
         }
         Ok(())
@@ -435,6 +293,183 @@ impl Service {
         };
         self.trigger_planned(&pipeline, &input, Some(&reuse)).await
     }
+}
+
+/// The trigger task that starts a run, and the depth the run will have.
+#[derive(Clone, Copy)]
+pub(crate) struct ParentTask<'a> {
+    pub task_id: &'a str,
+    pub depth: i32,
+}
+
+pub(crate) async fn find_idempotent_in(
+    db: &impl ConnectionTrait,
+    pipeline_id: &str,
+    input: &TriggerInput,
+) -> Result<Option<run::Model>, ServiceError> {
+    let Some(key) = &input.idempotency_key else {
+        return Ok(None);
+    };
+    Ok(run::Entity::find()
+        .filter(run::Column::PipelineId.eq(pipeline_id))
+        .filter(run::Column::Sha.eq(input.sha.clone()))
+        .filter(run::Column::GitRef.eq(input.git_ref.clone()))
+        .filter(run::Column::IdempotencyKey.eq(key.clone()))
+        .one(db)
+        .await?)
+}
+
+/// Plans and inserts a run inside the caller's transaction; what it changed goes to `fx`
+/// for the caller to announce after its commit.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn plan_run_in(
+    db: &impl ConnectionTrait,
+    pipeline: &crate::store::entity::pipeline::Model,
+    file: &pipeline::PipelineFile,
+    input: &TriggerInput,
+    reuse: Option<&HashMap<String, super::cache::Reusable>>,
+    parent: Option<ParentTask<'_>>,
+    now: i64,
+    fx: &mut Effects,
+) -> Result<run::Model, ServiceError> {
+    if let Some(existing) = find_idempotent_in(db, &pipeline.id, input).await? {
+        return Ok(existing);
+    }
+    let number = repo::next_run_number(db, &pipeline.id).await?;
+    let ctx = PlanContext {
+        repository: pipeline.repository.clone(),
+        sha: input.sha.clone(),
+        r#ref: input.git_ref.clone(),
+        run_number: number,
+    };
+    let mut planned = pipeline::plan(file, &ctx).map_err(ServiceError::InvalidPipeline)?;
+    let nodes: Vec<(String, Vec<String>)> = planned
+        .iter()
+        .map(|t| (t.name.clone(), t.needs.clone()))
+        .collect();
+    let order = dag::topo_order(&nodes).map_err(|e| ServiceError::BadInput(e.to_string()))?;
+    let mut slots: Vec<Option<pipeline::PlannedTask>> = planned.drain(..).map(Some).collect();
+    let planned: Vec<pipeline::PlannedTask> =
+        order.into_iter().filter_map(|i| slots[i].take()).collect();
+
+    let run_id = RunId::new().to_string();
+    tracing::Span::current().record("run_id", run_id.as_str());
+    let (group, cancel_in_progress) = match &file.concurrency {
+        Some(c) => {
+            let mut vars = ctx.vars();
+            vars.extend(
+                file.env
+                    .iter()
+                    .map(|(k, v)| (format!("env.{k}"), v.clone())),
+            );
+            let group = pipeline::expr::substitute(&c.group, &vars)
+                .map_err(|e| ServiceError::BadInput(format!("concurrency.group: {e}")))?;
+            (Some(group), c.cancel_in_progress)
+        }
+        None => (None, false),
+    };
+    let mut held = false;
+    if let Some(group) = &group {
+        let active = run::Entity::find()
+            .filter(run::Column::TenantId.eq(pipeline.tenant_id.clone()))
+            .filter(run::Column::ConcurrencyGroup.eq(group.clone()))
+            .filter(run::Column::State.is_in([
+                RunState::Queued.as_str(),
+                RunState::Running.as_str(),
+                RunState::Cancelling.as_str(),
+            ]))
+            .all(db)
+            .await?;
+        if cancel_in_progress {
+            for other in active {
+                if other.state != RunState::Cancelling.as_str() {
+                    cancel_in_tx(
+                        db,
+                        &other,
+                        now,
+                        "superseded by a newer run of its concurrency group",
+                        fx,
+                    )
+                    .await?;
+                }
+            }
+        } else {
+            held = !active.is_empty();
+        }
+    }
+
+    let total = planned.len() as i32;
+    let model = run::ActiveModel {
+        id: Set(run_id.clone()),
+        tenant_id: Set(pipeline.tenant_id.clone()),
+        pipeline_id: Set(pipeline.id.clone()),
+        number: Set(number),
+        provider: Set(pipeline.provider.clone()),
+        repository: Set(pipeline.repository.clone()),
+        sha: Set(input.sha.clone()),
+        git_ref: Set(input.git_ref.clone()),
+        trigger_kind: Set(input.trigger_kind.clone().unwrap_or_else(|| "api".into())),
+        idempotency_key: Set(input.idempotency_key.clone()),
+        concurrency_group: Set(group),
+        cancel_in_progress: Set(cancel_in_progress),
+        priority: Set(input.priority.unwrap_or(0)),
+        state: Set(RunState::Queued.as_str().to_owned()),
+        parent_task_id: Set(parent.map(|p| p.task_id.to_owned())),
+        trigger_depth: Set(parent.map_or(0, |p| p.depth)),
+        held: Set(held),
+        tasks_total: Set(total),
+        tasks_remaining: Set(total),
+        tasks_failed: Set(0),
+        created_at: Set(now),
+        started_at: Set(None),
+        finished_at: Set(None),
+        no_cache: Set(input.no_cache),
+    };
+    let run = model.insert(db).await.map_err(StoreError::from)?;
+    fx.events.push(run_event(
+        &run,
+        Transition::created(RunState::Queued, "triggered"),
+    ));
+    let facts = RunFacts {
+        run_id: &run.id,
+        tenant_id: &run.tenant_id,
+        provider: &run.provider,
+        repository: &run.repository,
+        sha: &run.sha,
+        priority: run.priority,
+        held,
+        now,
+    };
+    let keys = planning::cache_keys(&facts, &planned);
+    let cache = super::cache::plan_lookup(
+        db,
+        &run.tenant_id,
+        &planned,
+        &keys,
+        input.no_cache,
+        reuse,
+        now,
+    )
+    .await?;
+    let rows = planning::plan_rows(&facts, planned, keys, &cache);
+    let finished = rows.skipped + rows.cached.len() as i32;
+    super::cache::apply_plan(db, &facts, &rows).await?;
+    fx.events.extend(rows.events);
+    for q in &rows.queues {
+        fx.wake(q);
+    }
+    repo::insert_tasks(db, rows.tasks).await?;
+    repo::insert_attempts(db, rows.attempts).await?;
+    let run = if finished > 0 {
+        let run = repo::count_finished(db, &run.id, finished, 0).await?;
+        if run.tasks_remaining <= 0 {
+            progress::finish_run(db, &run, now, fx).await?;
+        }
+        run
+    } else {
+        run
+    };
+    Ok(run)
 }
 
 /// Reopens a failed task with a new attempt and re-blocks the tasks that were skipped
@@ -589,6 +624,9 @@ pub(crate) async fn cancel_in_tx(
                         None,
                     ));
                 }
+            }
+            AttemptState::Running if a.queue == pipeline::TRIGGER_QUEUE => {
+                super::triggers::cancel_trigger_attempt(db, &run, a, now, reason, fx).await?;
             }
             _ => {
                 attempt::Entity::update_many()

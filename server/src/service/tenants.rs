@@ -155,7 +155,7 @@ impl Service {
             .ok_or(ServiceError::not_found("tenant"))
     }
 
-    fn check_file(&self, file: &str) -> Result<(), ServiceError> {
+    fn check_file(&self, file: &str) -> Result<pipeline::PipelineFile, ServiceError> {
         if file.len() > self.config().max_pipeline_bytes {
             return Err(ServiceError::BadInput(format!(
                 "pipeline file is {} bytes; the limit is {}",
@@ -163,8 +163,48 @@ impl Service {
                 self.config().max_pipeline_bytes
             )));
         }
-        pipeline::parse(file).map_err(ServiceError::InvalidPipeline)?;
-        Ok(())
+        pipeline::parse(file).map_err(ServiceError::InvalidPipeline)
+    }
+
+    /// Trigger jobs must name pipelines of the tenant (or the pipeline itself, `name`).
+    /// A pipeline removed or renamed later fails the trigger job when it runs.
+    async fn check_trigger_targets(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        file: &pipeline::PipelineFile,
+    ) -> Result<(), ServiceError> {
+        let mut errors = Vec::new();
+        for job in &file.jobs {
+            let Some(trigger) = &job.trigger else {
+                continue;
+            };
+            if trigger.pipeline == name {
+                continue;
+            }
+            let exists = pipeline_e::Entity::find()
+                .filter(pipeline_e::Column::TenantId.eq(tenant_id))
+                .filter(pipeline_e::Column::Name.eq(trigger.pipeline.clone()))
+                .one(self.store().db())
+                .await?
+                .is_some();
+            if !exists {
+                errors.push(pipeline::PipelineError::new(
+                    job.line,
+                    1,
+                    format!(
+                        "job `{}` triggers pipeline `{}`, which does not exist in this tenant",
+                        job.id, trigger.pipeline
+                    ),
+                    "create that pipeline first, or fix the name",
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ServiceError::InvalidPipeline(errors))
+        }
     }
 
     /// Creates a pipeline after validating its file; nothing is written when it is invalid.
@@ -188,7 +228,9 @@ impl Service {
                 "repository must be 1 to 2000 characters".into(),
             ));
         }
-        self.check_file(&input.file)?;
+        let file = self.check_file(&input.file)?;
+        self.check_trigger_targets(&tenant.id, &input.name, &file)
+            .await?;
         let now = self.now_ms();
         pipeline_e::ActiveModel {
             id: Set(PipelineId::new().to_string()),
@@ -226,7 +268,10 @@ impl Service {
             check_name("pipeline", name)?;
         }
         if let Some(file) = &update.file {
-            self.check_file(file)?;
+            let parsed = self.check_file(file)?;
+            let name = update.name.as_deref().unwrap_or(&current.name);
+            self.check_trigger_targets(&current.tenant_id, name, &parsed)
+                .await?;
         }
         let mut model: pipeline_e::ActiveModel = current.into();
         if let Some(name) = update.name {

@@ -27,7 +27,7 @@ use crate::domain::{
     Transition, WorkerId,
 };
 use crate::events::LogRecord;
-use crate::pipeline::PlannedTask;
+use crate::pipeline::{PlannedTask, TRIGGER_QUEUE};
 use crate::store::entity::{attempt, log_chunk, run, task, worker};
 use crate::store::repo::{self, Claim};
 
@@ -163,6 +163,11 @@ impl Service {
         } else {
             input.queues
         };
+        if queues.iter().any(|q| q == TRIGGER_QUEUE) {
+            return Err(ServiceError::BadInput(format!(
+                "queue {TRIGGER_QUEUE:?} is reserved: the server runs trigger jobs itself"
+            )));
+        }
         let now = self.now_ms();
         Ok(worker::ActiveModel {
             id: Set(WorkerId::new().to_string()),
@@ -291,6 +296,10 @@ impl Service {
         queue: &str,
         tenant_id: Option<&str>,
     ) -> Result<Option<LeasedAttempt>, ServiceError> {
+        if queue == TRIGGER_QUEUE {
+            // Trigger jobs are the server's own work (`start_triggers`).
+            return Ok(None);
+        }
         let request = LeaseRequest {
             worker_id: worker_id.to_owned(),
             queue: queue.to_owned(),
@@ -632,109 +641,8 @@ impl Service {
             transition,
             details,
         ));
-        self.after_attempt(db, &a, kind, exit_code, now, fx).await?;
+        after_attempt(db, &a, kind, exit_code, now, fx).await?;
         fx.logs.extend(written);
-        Ok(())
-    }
-
-    /// What follows a finished attempt, in its transaction. Shared with the reconciler,
-    /// which finishes attempts whose worker is gone.
-    pub(crate) async fn after_attempt(
-        &self,
-        db: &impl ConnectionTrait,
-        a: &attempt::Model,
-        failure: Option<ErrorKind>,
-        exit_code: Option<i32>,
-        now: i64,
-        fx: &mut Effects,
-    ) -> Result<(), ServiceError> {
-        let t = task::Entity::find_by_id(a.task_id.clone())
-            .one(db)
-            .await?
-            .ok_or_else(|| ServiceError::Internal("attempt without task".into()))?;
-        let r = run::Entity::find_by_id(a.run_id.clone())
-            .one(db)
-            .await?
-            .ok_or_else(|| ServiceError::Internal("attempt without run".into()))?;
-        let task_state = parse_state::<TaskState>(&t.state)?;
-        let facts = run_facts(&r, now);
-        if task_state.is_terminal() {
-            // Cancelled while it ran: the run may have been waiting for this attempt.
-            if r.state == RunState::Cancelling.as_str() && r.tasks_remaining <= 0 {
-                progress::finish_run(db, &r, now, fx).await?;
-            }
-            return Ok(());
-        }
-        let to = match failure {
-            None => TaskState::Succeeded,
-            Some(ErrorKind::Cancelled) => TaskState::Cancelled,
-            Some(kind) => {
-                let spec: PlannedTask = serde_json::from_str(&t.spec)
-                    .map_err(|e| ServiceError::Internal(format!("corrupt task spec: {e}")))?;
-                let policy = retry_policy(&spec);
-                let seed = seed_from_bytes(a.id.as_bytes());
-                match policy.decide(a.idx as u32, kind, exit_code, seed) {
-                    RetryDecision::Retry {
-                        next_index,
-                        backoff_ms,
-                    } => {
-                        let tr = Transition::check(
-                            task_state,
-                            TaskState::Retrying,
-                            "attempt failed; retrying",
-                        )?;
-                        if repo::cas_task(db, &t.id, task_state, TaskState::Retrying, now).await? {
-                            fx.events.push(task_event(&facts, &t.id, tr));
-                            let next_id = AttemptId::new().to_string();
-                            let next_at = now + backoff_ms as i64;
-                            let new = NewAttempt {
-                                task_id: &t.id,
-                                run_id: &r.id,
-                                tenant_id: &r.tenant_id,
-                                queue: &t.queue,
-                                index: next_index as i32,
-                                priority: r.priority,
-                                scheduled_at: next_at,
-                                backoff_ms: backoff_ms as i64,
-                                now,
-                            };
-                            repo::insert_attempts(
-                                db,
-                                vec![new.row(&next_id, AttemptState::Scheduled)],
-                            )
-                            .await?;
-                            fx.events.push(attempt_event(
-                                &r.tenant_id,
-                                &r.id,
-                                &t.id,
-                                &next_id,
-                                Transition::created(AttemptState::Scheduled, "retry scheduled"),
-                                Some(json!({
-                                    "afterAttempt": a.idx,
-                                    "errorKind": kind.as_str(),
-                                    "exitCode": exit_code,
-                                    "policy": {
-                                        "maxAttempts": policy.max_attempts,
-                                        "on": policy.on.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
-                                    },
-                                    "backoffMs": backoff_ms,
-                                    "nextAt": crate::clock::to_datetime(next_at).to_rfc3339(),
-                                })),
-                            ));
-                            fx.retry_scheduled = true;
-                        }
-                        return Ok(());
-                    }
-                    RetryDecision::GiveUp => TaskState::Failed,
-                }
-            }
-        };
-        let tr = Transition::check(task_state, to, "attempt finished")?;
-        if repo::cas_task(db, &t.id, task_state, to, now).await? {
-            fx.events.push(task_event(&facts, &t.id, tr));
-            progress::task_finished(db, &r, &t, to, now, fx).await?;
-            super::cache::task_settled(db, &r, &t, to, now, fx).await?;
-        }
         Ok(())
     }
 
@@ -821,6 +729,103 @@ impl Service {
             .await?
             .map(|a| a.scheduled_at))
     }
+}
+
+/// What follows a finished attempt, in its transaction. Shared with the reconciler, which
+/// finishes attempts whose worker is gone, and with trigger jobs, which have no worker.
+pub(crate) async fn after_attempt(
+    db: &impl ConnectionTrait,
+    a: &attempt::Model,
+    failure: Option<ErrorKind>,
+    exit_code: Option<i32>,
+    now: i64,
+    fx: &mut Effects,
+) -> Result<(), ServiceError> {
+    let t = task::Entity::find_by_id(a.task_id.clone())
+        .one(db)
+        .await?
+        .ok_or_else(|| ServiceError::Internal("attempt without task".into()))?;
+    let r = run::Entity::find_by_id(a.run_id.clone())
+        .one(db)
+        .await?
+        .ok_or_else(|| ServiceError::Internal("attempt without run".into()))?;
+    let task_state = parse_state::<TaskState>(&t.state)?;
+    let facts = run_facts(&r, now);
+    if task_state.is_terminal() {
+        // Cancelled while it ran: the run may have been waiting for this attempt.
+        if r.state == RunState::Cancelling.as_str() && r.tasks_remaining <= 0 {
+            progress::finish_run(db, &r, now, fx).await?;
+        }
+        return Ok(());
+    }
+    let to = match failure {
+        None => TaskState::Succeeded,
+        Some(ErrorKind::Cancelled) => TaskState::Cancelled,
+        Some(kind) => {
+            let spec: PlannedTask = serde_json::from_str(&t.spec)
+                .map_err(|e| ServiceError::Internal(format!("corrupt task spec: {e}")))?;
+            let policy = retry_policy(&spec);
+            let seed = seed_from_bytes(a.id.as_bytes());
+            match policy.decide(a.idx as u32, kind, exit_code, seed) {
+                RetryDecision::Retry {
+                    next_index,
+                    backoff_ms,
+                } => {
+                    let tr = Transition::check(
+                        task_state,
+                        TaskState::Retrying,
+                        "attempt failed; retrying",
+                    )?;
+                    if repo::cas_task(db, &t.id, task_state, TaskState::Retrying, now).await? {
+                        fx.events.push(task_event(&facts, &t.id, tr));
+                        let next_id = AttemptId::new().to_string();
+                        let next_at = now + backoff_ms as i64;
+                        let new = NewAttempt {
+                            task_id: &t.id,
+                            run_id: &r.id,
+                            tenant_id: &r.tenant_id,
+                            queue: &t.queue,
+                            index: next_index as i32,
+                            priority: r.priority,
+                            scheduled_at: next_at,
+                            backoff_ms: backoff_ms as i64,
+                            now,
+                        };
+                        repo::insert_attempts(db, vec![new.row(&next_id, AttemptState::Scheduled)])
+                            .await?;
+                        fx.events.push(attempt_event(
+                            &r.tenant_id,
+                            &r.id,
+                            &t.id,
+                            &next_id,
+                            Transition::created(AttemptState::Scheduled, "retry scheduled"),
+                            Some(json!({
+                                "afterAttempt": a.idx,
+                                "errorKind": kind.as_str(),
+                                "exitCode": exit_code,
+                                "policy": {
+                                    "maxAttempts": policy.max_attempts,
+                                    "on": policy.on.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+                                },
+                                "backoffMs": backoff_ms,
+                                "nextAt": crate::clock::to_datetime(next_at).to_rfc3339(),
+                            })),
+                        ));
+                        fx.retry_scheduled = true;
+                    }
+                    return Ok(());
+                }
+                RetryDecision::GiveUp => TaskState::Failed,
+            }
+        }
+    };
+    let tr = Transition::check(task_state, to, "attempt finished")?;
+    if repo::cas_task(db, &t.id, task_state, to, now).await? {
+        fx.events.push(task_event(&facts, &t.id, tr));
+        progress::task_finished(db, &r, &t, to, now, fx).await?;
+        super::cache::task_settled(db, &r, &t, to, now, fx).await?;
+    }
+    Ok(())
 }
 
 /// The domain policy of a planned task's `retry:` block.

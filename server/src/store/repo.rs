@@ -259,8 +259,10 @@ fn stmt(backend: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> Statement
     Statement::from_sql_and_values(backend, sql_for(backend, sql), values)
 }
 
+/// A waiting trigger job holds no worker, so it does not count against the quota (its
+/// child run's tasks do); the queue name is `pipeline::TRIGGER_QUEUE`.
 const BUSY: &str = "(SELECT COUNT(*) FROM attempts b WHERE b.tenant_id = t.id \
-                     AND b.state IN ('leased', 'running'))";
+                     AND b.state IN ('leased', 'running') AND b.queue <> 'gantry:trigger')";
 
 /// The tenants with claimable work in the queue that are below their quota, fairest
 /// first: lowest share per unit of weight, then tenant id (deterministic).

@@ -31,6 +31,9 @@ pub struct Model {
     pub finished_at: Option<i64>,
     /// Asked to ignore cache hits (`triggerRun(noCache: true)`).
     pub no_cache: bool,
+    /// How many trigger jobs deep this run is: 0 for a run started any other way, the
+    /// parent run's depth + 1 for a run started by a trigger job (`parent_task_id`).
+    pub trigger_depth: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
