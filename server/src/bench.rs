@@ -28,6 +28,14 @@ pub struct BenchArgs {
     /// PostgreSQL URL; without it the embedded SQLite database is used.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Redis URL: with `--replicas` above 1, the nodes share their events and wake-ups
+    /// through it, as replicas of one installation do.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Server nodes on the one database, each with `--workers` workers (PostgreSQL only
+    /// beyond 1). The workloads are triggered on the first node.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
     /// Workloads to run.
     #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3")]
     pub workloads: Vec<String>,
@@ -55,6 +63,8 @@ pub enum BenchError {
     Io(#[from] std::io::Error),
     #[error("run {0} ended {1}")]
     RunFailed(String, String),
+    #[error("{0}")]
+    Usage(&'static str),
 }
 
 fn fan_out(n: usize) -> String {
@@ -211,28 +221,49 @@ async fn run_workload(
 
 /// Runs the selected workloads and prints their figures.
 pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
+    if args.replicas == 0 {
+        return Err(BenchError::Usage("--replicas must be at least 1"));
+    }
+    if args.replicas > 1 && args.database_url.is_none() {
+        return Err(BenchError::Usage(
+            "--replicas above 1 needs a shared database: give --database-url (PostgreSQL)",
+        ));
+    }
     let data = std::env::temp_dir().join(format!("gantry-bench-{}", std::process::id()));
     std::fs::create_dir_all(&data)?;
-    let config = NodeConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        data_dir: data.clone(),
-        database_url: args.database_url.clone(),
-        durability: Durability::Normal,
-        workers: args.workers,
-        queues: vec!["default".into()],
-        web_dir: PathBuf::new(),
-        node: "bench".into(),
-        admin_token: Some(format!("bench-{}", uuid::Uuid::now_v7().simple())),
-        sandbox: Sandbox::None,
-        kill_grace: Duration::from_secs(10),
-        shutdown_grace: Duration::from_secs(30),
-        reconciler: crate::reconciler::ReconcilerConfig::default(),
-        secret_key: None,
-        artifact_store: None,
-        redis: None,
-        max_pending_attempts: crate::service::DEFAULT_MAX_PENDING_ATTEMPTS,
-    };
-    let node = Node::start(config).await?;
+    // One prefix per bench run: nodes of this run share a bus, nothing else does.
+    let prefix = format!("gantry-bench-{}", uuid::Uuid::now_v7().simple());
+    let admin_token = format!("bench-{}", uuid::Uuid::now_v7().simple());
+    let mut nodes = Vec::with_capacity(args.replicas);
+    for n in 0..args.replicas {
+        let config = NodeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data.join(n.to_string()),
+            database_url: args.database_url.clone(),
+            durability: Durability::Normal,
+            workers: args.workers,
+            queues: vec!["default".into()],
+            web_dir: PathBuf::new(),
+            node: format!("bench-{n}"),
+            admin_token: Some(admin_token.clone()),
+            sandbox: Sandbox::None,
+            kill_grace: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            reconciler: crate::reconciler::ReconcilerConfig::default(),
+            secret_key: None,
+            artifact_store: None,
+            redis: args
+                .redis_url
+                .clone()
+                .map(|url| crate::events::redis::RedisConfig {
+                    url,
+                    prefix: prefix.clone(),
+                }),
+            max_pending_attempts: crate::service::DEFAULT_MAX_PENDING_ATTEMPTS,
+        };
+        nodes.push(Node::start(config).await?);
+    }
+    let node = &nodes[0];
     let tenant = node.service.ensure_default_tenant().await?;
     let caller = Caller::system(
         tenant
@@ -245,9 +276,14 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     } else {
         "sqlite"
     };
+    let bus = if args.redis_url.is_some() && args.replicas > 1 {
+        ", events through Redis"
+    } else {
+        ""
+    };
     let mut out = format!(
-        "gantry bench — backend {backend}, {} in-process workers\n",
-        args.workers
+        "gantry bench — backend {backend}, {} node(s) × {} in-process workers{bus}\n",
+        args.replicas, args.workers
     );
     for w in &args.workloads {
         let (label, file) = match w.as_str() {
@@ -268,7 +304,7 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
                 continue;
             }
         };
-        let m = run_workload(&node, &caller, w, file).await?;
+        let m = run_workload(node, &caller, w, file).await?;
         let rate = m.tasks as f64 / m.elapsed.as_secs_f64();
         let _ = write!(
             out,
@@ -293,7 +329,9 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     if let Some(kb) = peak_rss_kb() {
         let _ = writeln!(out, "peak RSS: {:.1} MB", kb as f64 / 1024.0);
     }
-    node.shutdown().await;
+    for node in nodes {
+        node.shutdown().await;
+    }
     let _ = std::fs::remove_dir_all(&data);
     Ok(out)
 }

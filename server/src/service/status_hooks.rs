@@ -7,6 +7,8 @@
 //! through the bus, so this makes one delivery per event across replicas). Deliveries are
 //! at least once: a receiver deduplicates by `X-Gantry-Delivery`.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -87,9 +89,43 @@ fn payload(
     }
 }
 
+/// Pipelines' `notify:` lists, parsed once per version of the file: every task event
+/// looks its list up, and parsing a large file for each would cost more than the task.
+#[derive(Default)]
+struct NotifyLists {
+    /// Pipeline id → (`updated_at` of the parsed version, its list).
+    parsed: HashMap<String, (i64, Arc<Vec<NotifySpec>>)>,
+}
+
+/// Pipelines remembered at most; beyond it the memory starts over.
+const NOTIFY_LISTS_KEPT: usize = 1024;
+
+impl NotifyLists {
+    fn of(&mut self, p: &pipeline::Model) -> Arc<Vec<NotifySpec>> {
+        if let Some((version, list)) = self.parsed.get(&p.id)
+            && *version == p.updated_at
+        {
+            return list.clone();
+        }
+        // A file that no longer parses notifies no one; it was valid when saved.
+        let list = Arc::new(
+            crate::pipeline::parse(&p.file)
+                .map(|f| f.notify)
+                .unwrap_or_default(),
+        );
+        if self.parsed.len() >= NOTIFY_LISTS_KEPT {
+            self.parsed.clear();
+        }
+        self.parsed
+            .insert(p.id.clone(), (p.updated_at, list.clone()));
+        list
+    }
+}
+
 /// Follows this node's committed events and delivers them until `shutdown`.
 pub async fn run(service: Service, config: WebhookConfig, shutdown: CancellationToken) {
     let mut live = service.bus().subscribe();
+    let mut lists = NotifyLists::default();
     let http = match reqwest::Client::builder().timeout(config.timeout).build() {
         Ok(c) => c,
         Err(e) => {
@@ -113,7 +149,10 @@ pub async fn run(service: Service, config: WebhookConfig, shutdown: Cancellation
         if e.node != service.node() || e.entity == Entity::Attempt {
             continue;
         }
-        if let Err(err) = service.enqueue_webhooks(&e, &http, &config).await {
+        if let Err(err) = service
+            .enqueue_webhooks(&e, &http, &config, &mut lists)
+            .await
+        {
             tracing::warn!(error = %err, seq = e.seq, "webhook delivery not started");
         }
     }
@@ -125,6 +164,7 @@ impl Service {
         e: &EventRecord,
         http: &reqwest::Client,
         config: &WebhookConfig,
+        lists: &mut NotifyLists,
     ) -> Result<(), ServiceError> {
         let Some(r) = run::Entity::find_by_id(e.run_id.clone())
             .one(self.store().db())
@@ -138,11 +178,8 @@ impl Service {
         else {
             return Ok(());
         };
-        // A file that no longer parses notifies no one; it was valid when saved.
-        let Ok(file) = crate::pipeline::parse(&p.file) else {
-            return Ok(());
-        };
-        for spec in &file.notify {
+        let list = lists.of(&p);
+        for spec in list.iter() {
             let Some(body) = payload(spec, e, &p, &r) else {
                 continue;
             };
