@@ -90,9 +90,14 @@ pub(crate) fn step_command(
     };
     let argv = shell_argv(step.shell.as_deref(), &step.script);
 
+    let mut env = base_env(workspace, &spec.attempt_id);
+    env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+
     let mut cmd = match spec.sandbox {
         Sandbox::None => {
-            let mut cmd = Command::new(&argv[0]);
+            let program = resolve_program(&argv[0], env.get("PATH").map(String::as_str));
+            let mut cmd = Command::new(program);
             cmd.args(&argv[1..]).current_dir(&cwd);
             cmd
         }
@@ -108,9 +113,71 @@ pub(crate) fn step_command(
     };
 
     cmd.env_clear();
-    cmd.envs(base_env(workspace, &spec.attempt_id));
-    cmd.envs(&spec.env);
-    cmd.envs(&step.env);
+    cmd.envs(&env);
     apply_limits(&mut cmd, &spec.limits);
     Ok(cmd)
+}
+
+/// The program's path, looked up in the step's own `PATH` as the shell would. Spawning
+/// by path lets the standard library use `posix_spawn` (a bare name with a changed `PATH`
+/// makes it fork the whole server instead, which costs more than the step). A name not
+/// found is returned as is: spawning it then fails with the usual error.
+fn resolve_program(name: &str, path: Option<&str>) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if name.contains('/') {
+        return PathBuf::from(name);
+    }
+    for dir in path.unwrap_or_default().split(':') {
+        if !dir.starts_with('/') {
+            // An empty or relative entry is relative to the step's directory: leave the
+            // search to the spawn, which does it in the child.
+            return PathBuf::from(name);
+        }
+        let candidate = Path::new(dir).join(name);
+        let runnable = std::fs::metadata(&candidate)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        if runnable {
+            return candidate;
+        }
+    }
+    PathBuf::from(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_found_in_the_steps_path_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("first");
+        let second = dir.path().join("second");
+        for d in [&first, &second] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let tool = |d: &Path, mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            let p = d.join("tool");
+            std::fs::write(&p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        };
+        tool(&first, 0o644);
+        let runnable = tool(&second, 0o755);
+        let path = format!("{}:{}", first.display(), second.display());
+        assert_eq!(resolve_program("tool", Some(&path)), runnable);
+        assert_eq!(
+            resolve_program("missing", Some(&path)),
+            PathBuf::from("missing")
+        );
+        assert_eq!(
+            resolve_program("./tool", Some(&path)),
+            PathBuf::from("./tool")
+        );
+        let relative_first = format!("bin:{}", second.display());
+        assert_eq!(
+            resolve_program("tool", Some(&relative_first)),
+            PathBuf::from("tool")
+        );
+    }
 }
