@@ -187,6 +187,17 @@ impl Subscription {
         query: &str,
         variables: Value,
     ) -> Subscription {
+        Self::open_as(server, ADMIN_TOKEN, protocol, query, variables).await
+    }
+
+    /// Like [`Subscription::open`], signed in with `token`.
+    pub async fn open_as(
+        server: &Server,
+        token: &str,
+        protocol: &str,
+        query: &str,
+        variables: Value,
+    ) -> Subscription {
         let url = format!("ws://{}/graphql", server.addr());
         let mut req = url.into_client_request().expect("ws request");
         req.headers_mut()
@@ -195,7 +206,7 @@ impl Subscription {
             .await
             .expect("ws connect");
         ws.send(Message::text(
-            json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {ADMIN_TOKEN}") } }).to_string(),
+            json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } }).to_string(),
         ))
         .await
         .expect("send init");

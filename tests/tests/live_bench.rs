@@ -11,6 +11,8 @@ use gantry_tests::{Backend, Server, ServerOptions};
 use serde_json::json;
 
 const SUBSCRIBERS: usize = 1000;
+/// The server's default bound on WebSocket connections per token.
+const TOKEN_CONNECTIONS: usize = 32;
 
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -59,13 +61,26 @@ async fn thousand_subscribers_on_one_run_of_a_hundred_jobs() {
         .as_str()
         .unwrap()
         .to_owned();
+    // A token may hold a bounded number of connections (as a dashboard or bot would):
+    // the subscribers sign in with enough read tokens between them.
+    let mut tokens = Vec::new();
+    for n in 0..SUBSCRIBERS.div_ceil(TOKEN_CONNECTIONS) {
+        let d = s
+            .data(
+                "mutation($n: String!) { createApiToken(input: {name: $n, scopes: [READ]}) { token } }",
+                json!({ "n": format!("bench-{n}") }),
+            )
+            .await;
+        tokens.push(d["createApiToken"]["token"].as_str().unwrap().to_owned());
+    }
     let before = rss_kb(pid);
     let mut subs = Vec::with_capacity(SUBSCRIBERS);
-    for _ in 0..SUBSCRIBERS {
+    for n in 0..SUBSCRIBERS {
         // Start live: after the newest event so far, so the subscriptions sit idle.
         subs.push(
-            Subscription::open(
+            Subscription::open_as(
                 &s,
+                &tokens[n / TOKEN_CONNECTIONS],
                 "graphql-transport-ws",
                 q,
                 json!({ "r": run, "a": last }),
