@@ -316,3 +316,181 @@ async fn metrics_report_queue_depth_and_attempts_by_state() {
         );
     }
 }
+
+/// The waiting reason of the first task called `name` in run `id`.
+async fn reason_of(s: &Server, id: &str, name: &str) -> String {
+    let run = s.run(id).await;
+    run["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .find(|t| t["name"] == name)
+        .and_then(|t| t["waitingReason"].as_str())
+        .unwrap_or_else(|| panic!("{name} has no waiting reason: {run:#}"))
+        .to_owned()
+}
+
+async fn register_worker(s: &Server, name: &str, queue: &str) -> Value {
+    s.data(
+        "mutation($n: String!, $q: String!) { registerWorker(input: {name: $n, queues: [$q]}) { id } }",
+        json!({ "n": name, "q": queue }),
+    )
+    .await["registerWorker"]["id"]
+        .clone()
+}
+
+/// Leases one attempt of `queue` for `worker`: `(attempt id, lease token)`.
+async fn lease(s: &Server, worker: &Value, queue: &str) -> (Value, Value) {
+    let l = s
+        .data(
+            "mutation($w: ID!, $q: String!) { leaseAttempt(worker: $w, queue: $q, waitMs: 5000) { leaseToken attempt { id } } }",
+            json!({ "w": worker, "q": queue }),
+        )
+        .await["leaseAttempt"]
+        .clone();
+    assert!(l.is_object(), "nothing to lease in {queue}");
+    (l["attempt"]["id"].clone(), l["leaseToken"].clone())
+}
+
+fn jobs_on(queue: &str, n: usize) -> String {
+    let mut y = String::from("jobs:\n");
+    for i in 0..n {
+        y.push_str(&format!(
+            "  j{i}:\n    runs-on: {queue}\n    cache: false\n    steps: [{{run: \"true\"}}]\n"
+        ));
+    }
+    y
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_waiting_task_says_why() {
+    for backend in backends().await {
+        let mut o = ServerOptions::new(backend);
+        o.workers = 0;
+        let s = Server::start(o).await;
+
+        // No worker serves the queue.
+        let p = s
+            .create_pipeline("unserved", "/tmp", &jobs_on("nowhere", 1))
+            .await;
+        let r = s.trigger(&p, "w1").await;
+        assert_eq!(
+            reason_of(&s, &r, "j0").await,
+            "no live worker serves queue \"nowhere\"",
+            "{backend:?}"
+        );
+
+        // Blocked on upstream tasks.
+        let p = s
+            .create_pipeline(
+                "chain",
+                "/tmp",
+                "jobs:\n  a:\n    runs-on: chain\n    steps: [{run: \"true\"}]\n  b:\n    needs: a\n    runs-on: chain\n    steps: [{run: \"true\"}]\n",
+            )
+            .await;
+        let r = s.trigger(&p, "w2").await;
+        assert_eq!(
+            reason_of(&s, &r, "b").await,
+            "blocked on upstream tasks: a",
+            "{backend:?}"
+        );
+
+        // Concurrency group busy.
+        let p = s
+            .create_pipeline(
+                "grouped",
+                "/tmp",
+                "concurrency: { group: \"release\" }\njobs:\n  a:\n    runs-on: grouped\n    steps: [{run: \"true\"}]\n",
+            )
+            .await;
+        s.trigger(&p, "w3").await;
+        let second = s.trigger(&p, "w4").await;
+        let reason = reason_of(&s, &second, "a").await;
+        assert!(
+            reason.starts_with("concurrency group \"release\" is busy"),
+            "{backend:?}: {reason}"
+        );
+
+        // In backoff after a failed attempt.
+        let p = s
+            .create_pipeline(
+                "flaky",
+                "/tmp",
+                "jobs:\n  a:\n    runs-on: flaky\n    retry: { max-attempts: 2, on: [exit], backoff: { initial: 1h, max: 1h } }\n    steps: [{run: \"false\"}]\n",
+            )
+            .await;
+        let r = s.trigger(&p, "w5").await;
+        let w = register_worker(&s, "flaky-worker", "flaky").await;
+        let (attempt, token) = lease(&s, &w, "flaky").await;
+        s.data(
+            "mutation($a: ID!, $t: String!) { completeAttempt(input: {attempt: $a, leaseToken: $t, errorKind: EXIT, exitCode: 1}) { state } }",
+            json!({ "a": attempt, "t": token }),
+        )
+        .await;
+        let reason = reason_of(&s, &r, "a").await;
+        assert!(
+            reason.starts_with("in backoff until ") && reason.ends_with("before attempt 2 of 2"),
+            "{backend:?}: {reason}"
+        );
+
+        // Behind the tenant's quota.
+        let q = create_tenant(&s, "one-slot", json!({"maxRunning": 1})).await;
+        let p = create_pipeline_of(&s, &q, "quota", &jobs_on("quota", 2)).await;
+        let r = s.trigger(&p, "w6").await;
+        let w = register_worker(&s, "quota-worker", "quota").await;
+        let (leased, _) = lease(&s, &w, "quota").await;
+        let run = s.run(&r).await;
+        let waiting = run["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .find(|t| t["attempts"][0]["id"] != leased)
+            .and_then(|t| t["name"].as_str())
+            .expect("the task not leased")
+            .to_owned();
+        assert_eq!(
+            reason_of(&s, &r, &waiting).await,
+            "tenant one-slot is at its quota of 1 running attempts",
+            "{backend:?}"
+        );
+
+        // Behind other tenants' fair share: "busy" started one attempt, "newcomer" none.
+        let busy = create_tenant(&s, "busy", json!({})).await;
+        let newcomer = create_tenant(&s, "newcomer", json!({})).await;
+        let pb = create_pipeline_of(&s, &busy, "busy", &jobs_on("shared", 3)).await;
+        let pn = create_pipeline_of(&s, &newcomer, "newcomer", &jobs_on("shared", 1)).await;
+        let rb = s.trigger(&pb, "w7").await;
+        let w = register_worker(&s, "shared-worker", "shared").await;
+        lease(&s, &w, "shared").await;
+        let rn = s.trigger(&pn, "w8").await;
+        let run = s.run(&rb).await;
+        let queued: Vec<String> = run["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .filter(|t| t["state"] == "READY")
+            .map(|t| t["name"].as_str().expect("name").to_owned())
+            .collect();
+        assert_eq!(queued.len(), 2, "{backend:?}: {run:#}");
+        let mut reasons = Vec::new();
+        for name in &queued {
+            reasons.push(reason_of(&s, &rb, name).await);
+        }
+        reasons.sort();
+        for (i, reason) in reasons.iter().enumerate() {
+            assert_eq!(
+                *reason,
+                format!(
+                    "waiting for its fair share of queue \"shared\": other tenants are served first: newcomer (0 at weight 1); tenant busy has 1 attempts running or started in the last 60 s at weight 1, and this is its position {} in the queue",
+                    i + 1
+                ),
+                "{backend:?}"
+            );
+        }
+        assert_eq!(
+            reason_of(&s, &rn, "j0").await,
+            "queued at position 1 in queue \"shared\"",
+            "{backend:?}"
+        );
+    }
+}
