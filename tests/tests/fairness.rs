@@ -294,6 +294,43 @@ async fn a_small_tenant_is_served_before_a_large_burst_of_another_finishes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn weights_three_to_one_split_starts_three_to_one_under_saturation() {
+    for backend in backends().await {
+        let mut o = ServerOptions::new(backend);
+        // No in-process workers: both tenants' work is queued before the first start.
+        o.workers = 0;
+        let s = Server::start(o).await;
+        let heavy = create_tenant(&s, "heavy", json!({"weight": 3})).await;
+        let light = create_tenant(&s, "light", json!({"weight": 1})).await;
+        let ph = create_pipeline_of(&s, &heavy, "heavy", &matrix_file(150, "true")).await;
+        let pl = create_pipeline_of(&s, &light, "light", &matrix_file(150, "true")).await;
+        let rh = s.trigger(&ph, "h1").await;
+        let rl = s.trigger(&pl, "l1").await;
+        let _agents: Vec<gantry_tests::Agent> = (0..2)
+            .map(|i| gantry_tests::Agent::start(&s.url, &format!("split-{i}"), &["default"]))
+            .collect();
+        let mut starts: Vec<(i64, &str)> = Vec::new();
+        for (id, who) in [(&rh, "heavy"), (&rl, "light")] {
+            let run = s.wait_run(id, Duration::from_secs(300)).await;
+            assert_eq!(run["state"], "SUCCEEDED", "{backend:?}: {run:#}");
+            starts.extend(attempt_spans(&run).into_iter().map(|(at, _)| (at, who)));
+        }
+        starts.sort();
+        // The first 120 starts: both tenants still have queued work throughout (at 3:1
+        // the light tenant has used 30 of its 150), so the split is the scheduler's.
+        let window = &starts[..120];
+        let h = window.iter().filter(|(_, w)| *w == "heavy").count();
+        let l = window.len() - h;
+        let ratio = h as f64 / l.max(1) as f64;
+        println!("{backend:?}: of the first 120 starts, heavy {h}, light {l} (ratio {ratio:.2})");
+        assert!(
+            (2.7..=3.3).contains(&ratio),
+            "{backend:?}: weights 3:1 gave {h}:{l}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn metrics_report_queue_depth_and_attempts_by_state() {
     for backend in backends().await {
         let mut o = ServerOptions::new(backend);
