@@ -12,6 +12,7 @@ mod m20261128_000003_cache;
 mod m20261128_000004_live;
 mod m20261128_000006_fairness;
 mod m20261128_000007_schedules;
+mod m20261129_000009_load;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000004_live::Migration),
             Box::new(m20261128_000006_fairness::Migration),
             Box::new(m20261128_000007_schedules::Migration),
+            Box::new(m20261129_000009_load::Migration),
         ]
     }
 }

@@ -531,3 +531,116 @@ async fn every_waiting_task_says_why() {
         );
     }
 }
+
+fn sum(buckets: &Value, field: &str) -> i64 {
+    buckets
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .map(|b| b[field].as_i64().expect("count"))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_stats_buckets_count_what_happened() {
+    for backend in backends().await {
+        let s = Server::start(ServerOptions::new(backend)).await;
+        let tenant = create_tenant(&s, "counted", json!({})).await;
+        let p = create_pipeline_of(&s, &tenant, "counted", &matrix_file(5, "true")).await;
+        let since = chrono::Utc::now() - chrono::Duration::seconds(2);
+        let mut sub = gantry_tests::ws::Subscription::open(
+            &s,
+            "graphql-transport-ws",
+            "subscription { queueStats(queue: \"default\") { queue depth since buckets { at seconds arrivals starts completions depth waitP99Ms } } }",
+            json!({}),
+        )
+        .await;
+        let id = s.trigger(&p, "counted").await;
+        let run = s.wait_run(&id, WITHIN).await;
+        assert_eq!(run["state"], "SUCCEEDED", "{backend:?}");
+
+        // The subscription pushes one new second at a time until all five completed.
+        let mut pushed: Vec<Value> = Vec::new();
+        let mut last_at: Option<i64> = None;
+        while sum(&Value::Array(pushed.clone()), "completions") < 5 {
+            let item = sub.next(Duration::from_secs(10)).await;
+            let Some(gantry_tests::ws::Item::Data(d)) = item else {
+                panic!("{backend:?}: subscription ended: {item:?}");
+            };
+            let buckets = d["queueStats"]["buckets"].as_array().expect("buckets");
+            assert_eq!(buckets.len(), 1, "{backend:?}: {d:#}");
+            let at = ms(&buckets[0]["at"]);
+            if let Some(prev) = last_at {
+                assert_eq!(
+                    at,
+                    prev + 1000,
+                    "{backend:?}: seconds in order, none skipped"
+                );
+            }
+            last_at = Some(at);
+            pushed.push(buckets[0].clone());
+        }
+        let pushed = Value::Array(pushed);
+        assert_eq!(sum(&pushed, "arrivals"), 5, "{backend:?}: {pushed:#}");
+        assert_eq!(sum(&pushed, "starts"), 5, "{backend:?}: {pushed:#}");
+
+        // The query gives the same counts, for the queue and for the tenant.
+        let d = s
+            .data(
+                "query($since: DateTime) { queueStats(queue: \"default\", since: $since) { depth since buckets { seconds arrivals starts completions depth waitP50Ms waitP99Ms } tenants { tenant name buckets { arrivals starts completions } } } }",
+                json!({ "since": since.to_rfc3339() }),
+            )
+            .await;
+        let q = &d["queueStats"];
+        assert_eq!(q["depth"], 0, "{backend:?}");
+        let buckets = &q["buckets"];
+        assert!(
+            buckets
+                .as_array()
+                .expect("buckets")
+                .iter()
+                .all(|b| b["seconds"] == 1)
+        );
+        for field in ["arrivals", "starts", "completions"] {
+            assert_eq!(sum(buckets, field), 5, "{backend:?} {field}: {q:#}");
+        }
+        let with_waits: Vec<&Value> = buckets
+            .as_array()
+            .expect("buckets")
+            .iter()
+            .filter(|b| b["starts"].as_i64() > Some(0))
+            .collect();
+        assert!(
+            with_waits
+                .iter()
+                .all(|b| b["waitP99Ms"].as_i64() >= b["waitP50Ms"].as_i64()),
+            "{backend:?}: {q:#}"
+        );
+        assert_eq!(
+            buckets
+                .as_array()
+                .and_then(|b| b.last())
+                .map(|b| b["depth"].clone()),
+            Some(json!(0))
+        );
+        let tenants = q["tenants"].as_array().expect("tenants");
+        assert_eq!(tenants.len(), 1, "{backend:?}: {q:#}");
+        assert_eq!(tenants[0]["tenant"], tenant);
+        assert_eq!(tenants[0]["name"], "counted");
+        assert_eq!(sum(&tenants[0]["buckets"], "completions"), 5);
+
+        // /metrics counts the same, per queue and tenant.
+        let text = s.get("/metrics").await.text().await.expect("metrics body");
+        for line in [
+            format!("gantry_arrivals_total{{queue=\"default\",tenant=\"{tenant}\"}} 5"),
+            format!("gantry_starts_total{{queue=\"default\",tenant=\"{tenant}\"}} 5"),
+            format!("gantry_completions_total{{queue=\"default\",tenant=\"{tenant}\"}} 5"),
+            format!("gantry_queue_wait_seconds_count{{queue=\"default\",tenant=\"{tenant}\"}} 5"),
+            format!(
+                "gantry_queue_wait_seconds_bucket{{queue=\"default\",tenant=\"{tenant}\",le=\"+Inf\"}} 5"
+            ),
+        ] {
+            assert!(text.contains(&line), "{backend:?}: {line} in\n{text}");
+        }
+    }
+}
