@@ -10,6 +10,8 @@
 //!   `artifacts` — the content-addressed blob store.
 //! - `executor`, `agent` — running an attempt on a machine, locally or remotely.
 //! - `pipeline` — the file format; `domain` — pure rules; `clock` — injectable time.
+//! - `bench`, `simulate` — `gantry bench` workloads, and the trace replay over the
+//!   fair-share decision of `domain::fairness` on a virtual clock.
 
 pub mod agent;
 pub mod app;
@@ -26,5 +28,6 @@ pub mod pipeline;
 pub mod reconciler;
 pub mod scheduler;
 pub mod service;
+pub mod simulate;
 pub mod store;
 pub mod webhooks;

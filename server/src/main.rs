@@ -1,4 +1,5 @@
-//! The `gantry` command: `serve`, `agent`, `migrate`, `validate`, `schema`, `trigger`.
+//! The `gantry` command: `serve`, `agent`, `migrate`, `validate`, `schema`, `trigger`,
+//! `bench`, `simulate`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +58,9 @@ enum Command {
     Schema,
     /// Runs the standard workloads against an in-process server and prints figures.
     Bench(gantry::bench::BenchArgs),
+    /// Replays a trace of submissions against the fair-share scheduler on a virtual
+    /// clock and prints waits per tenant and queue depth over time.
+    Simulate(gantry::simulate::SimulateArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -189,6 +193,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => {
             print!("{}", gantry::bench::run(args).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate(args) => {
+            print!("{}", gantry::simulate::run(&args)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Agent(args) => {

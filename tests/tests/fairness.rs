@@ -252,6 +252,10 @@ async fn a_tenant_never_runs_more_than_its_max_running() {
     }
 }
 
+/// The small tenant's ten runs finish before 40% of the other's 200 jobs, live and in
+/// `gantry simulate` alike.
+const BURST_BOUND: usize = 80;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_small_tenant_is_served_before_a_large_burst_of_another_finishes() {
     for backend in backends().await {
@@ -287,7 +291,7 @@ async fn a_small_tenant_is_served_before_a_large_burst_of_another_finishes() {
             "{backend:?}: when the small tenant's 10 runs were done, {a_before} of 200 jobs of the burst were"
         );
         assert!(
-            a_before < 80,
+            a_before < BURST_BOUND,
             "{backend:?}: {a_before} of 200 of the burst finished before the small tenant's 10"
         );
     }
@@ -643,4 +647,43 @@ async fn queue_stats_buckets_count_what_happened() {
             assert!(text.contains(&line), "{backend:?}: {line} in\n{text}");
         }
     }
+}
+
+fn simulate(trace: &str, workers: &str) -> String {
+    let out = std::process::Command::new(gantry_tests::gantry_bin())
+        .args(["simulate", "--trace"])
+        .arg(gantry_tests::repo_root().join(trace))
+        .args(["--workers", workers, "--tick-ms", "250"])
+        .output()
+        .expect("run gantry simulate");
+    assert!(
+        out.status.success(),
+        "gantry simulate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 report")
+}
+
+#[test]
+fn simulate_replays_the_burst_scenario_like_the_live_scheduler_and_deterministically() {
+    let first = simulate("examples/traces/burst.csv", "2");
+    let second = simulate("examples/traces/burst.csv", "2");
+    assert_eq!(first, second, "same trace, same report");
+    // "300 ms\tb finished\ta 10/200\tb 10/10"
+    let line = first
+        .lines()
+        .find(|l| l.contains("\tb finished"))
+        .unwrap_or_else(|| panic!("no line for b finishing in\n{first}"));
+    let a_done: usize = line
+        .split('\t')
+        .find_map(|f| f.strip_prefix("a "))
+        .and_then(|f| f.split('/').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no progress of a in {line:?}"));
+    println!("simulated: when b finished, {a_done} of a's 200 jobs were done");
+    assert!(a_done < BURST_BOUND, "{line}");
+
+    let json = simulate("examples/traces/weighted.json", "4");
+    assert_eq!(json, simulate("examples/traces/weighted.json", "4"));
+    assert!(json.contains("heavy\t3\t10000\t300\t"), "{json}");
 }
