@@ -219,16 +219,26 @@ pub async fn contenders(
 ) -> Result<Vec<Contender>, StoreError> {
     let backend = db.get_database_backend();
     let tenant: sea_orm::Value = only_tenant.map(str::to_owned).into();
+    // Each count walks an index range of one tenant, never the whole backlog: the claim
+    // runs inside the write lock, and a burst of thousands of queued attempts must not
+    // make every claim slower. Share = started within the window, plus those holding a
+    // worker that started before it (the same set as "leased or running, or started
+    // within the window").
     let sql = format!(
         "SELECT t.id AS tenant_id, t.weight AS weight, t.max_running AS max_running, \
          {BUSY} AS busy, \
          (SELECT COUNT(*) FROM attempts s WHERE s.tenant_id = t.id AND s.queue = ? \
-          AND (s.state IN ('leased', 'running') OR s.started_at >= ?)) AS share \
-         FROM tenants t WHERE t.id IN (SELECT DISTINCT a.tenant_id FROM attempts a \
-           WHERE a.queue = ? AND a.state = 'queued' AND a.scheduled_at <= ?) \
+          AND s.started_at >= ?) \
+         + (SELECT COUNT(*) FROM attempts r WHERE r.tenant_id = t.id \
+          AND r.state IN ('leased', 'running') AND r.queue = ? \
+          AND (r.started_at IS NULL OR r.started_at < ?)) AS share \
+         FROM tenants t WHERE EXISTS (SELECT 1 FROM attempts a WHERE a.tenant_id = t.id \
+           AND a.state = 'queued' AND a.queue = ? AND a.scheduled_at <= ?) \
          AND t.id = COALESCE(?, t.id)"
     );
     let values = vec![
+        queue.into(),
+        (now - FAIR_WINDOW_MS).into(),
         queue.into(),
         (now - FAIR_WINDOW_MS).into(),
         queue.into(),
