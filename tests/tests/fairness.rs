@@ -687,39 +687,3 @@ fn simulate_replays_the_burst_scenario_like_the_live_scheduler_and_deterministic
     assert_eq!(json, simulate("examples/traces/weighted.json", "4"));
     assert!(json.contains("heavy\t3\t10000\t300\t"), "{json}");
 }
-
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_triggers_planned_in_groups_keep_idempotency_and_refusals_write_nothing() {
-    for backend in backends().await {
-        let mut o = ServerOptions::new(backend);
-        o.workers = 0;
-        let s = Server::start(o).await;
-        let p = s.create_pipeline("grouped", "/tmp", ONE_JOB).await;
-        let q = "mutation($p: ID!, $s: String!, $k: String) { triggerRun(input: {pipeline: $p, sha: $s, ref: \"main\", idempotencyKey: $k}) { id } }";
-        // Many triggers at once: the same key twenty times, twenty without a key, and
-        // twenty with an invalid sha; whatever groups they are planned in, the keyed ones
-        // make one run, the others one run each, and the invalid ones none.
-        let keyed = (0..20).map(|_| s.gql(q, json!({ "p": p, "s": "k", "k": "same" })));
-        let free = (0..20).map(|i| s.gql(q, json!({ "p": p, "s": format!("f{i}"), "k": null })));
-        let bad = (0..20).map(|_| s.gql(q, json!({ "p": p, "s": "has space", "k": null })));
-        let (keyed, free, bad) = tokio::join!(
-            futures::future::join_all(keyed),
-            futures::future::join_all(free),
-            futures::future::join_all(bad)
-        );
-        let id = |v: &Value| v["data"]["triggerRun"]["id"].as_str().map(str::to_owned);
-        let keyed_ids: std::collections::HashSet<_> = keyed.iter().map(id).collect();
-        assert_eq!(keyed_ids.len(), 1, "{backend:?}: {keyed:?}");
-        assert!(
-            keyed_ids.iter().all(Option::is_some),
-            "{backend:?}: {keyed:?}"
-        );
-        let free_ids: std::collections::HashSet<_> = free.iter().filter_map(id).collect();
-        assert_eq!(free_ids.len(), 20, "{backend:?}");
-        assert!(
-            bad.iter().all(|b| code(b) == "BAD_USER_INPUT"),
-            "{backend:?}: {bad:?}"
-        );
-        assert_eq!(run_ids(&s, &p).await.len(), 21, "{backend:?}");
-    }
-}

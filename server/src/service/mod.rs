@@ -105,8 +105,6 @@ struct Inner {
     config: ServiceConfig,
     limits: limits::Limits,
     admission: admission::Admission,
-    /// Triggers waiting for the next planning group commit.
-    plans: runs::PlanQueue,
     /// The artifact blob store, set once at start.
     blobs: std::sync::OnceLock<crate::artifacts::BlobStore>,
 }
@@ -130,7 +128,6 @@ impl Service {
                 config,
                 limits: limits::Limits::default(),
                 admission: admission::Admission::default(),
-                plans: runs::PlanQueue::default(),
                 blobs: std::sync::OnceLock::new(),
             }),
         }

@@ -84,11 +84,7 @@ impl Service {
         let mut tries = 0;
         loop {
             tries += 1;
-            let planned = match reuse {
-                Some(_) => self.plan_run(pipeline, &file, input, reuse).await,
-                None => self.plan_grouped(pipeline, &file, input).await,
-            };
-            match planned {
+            match self.plan_run(pipeline, &file, input, reuse).await {
                 // Another node took the flight of one of our keys while we planned: plan
                 // again, and wait for its build this time.
                 Err(ServiceError::Conflict(m)) if m == super::cache::FLIGHT_RACE && tries < 10 => {
@@ -111,7 +107,16 @@ impl Service {
         pipeline_id: &str,
         input: &TriggerInput,
     ) -> Result<Option<run::Model>, ServiceError> {
-        find_idempotent_in(self.store().db(), pipeline_id, input).await
+        let Some(key) = &input.idempotency_key else {
+            return Ok(None);
+        };
+        Ok(run::Entity::find()
+            .filter(run::Column::PipelineId.eq(pipeline_id))
+            .filter(run::Column::Sha.eq(input.sha.clone()))
+            .filter(run::Column::GitRef.eq(input.git_ref.clone()))
+            .filter(run::Column::IdempotencyKey.eq(key.clone()))
+            .one(self.store().db())
+            .await?)
     }
 
     async fn plan_run(
@@ -122,8 +127,144 @@ impl Service {
         reuse: Option<&HashMap<String, super::cache::Reusable>>,
     ) -> Result<run::Model, ServiceError> {
         let wtx = self.store().write().await?;
+        let db = &wtx.tx;
+        if let Some(existing) = self.find_idempotent(&pipeline.id, input).await? {
+            return Ok(existing);
+        }
         let now = self.now_ms();
-        let (run, fx) = plan_in(&wtx.tx, pipeline, file, input, reuse, now).await?;
+        let number = repo::next_run_number(db, &pipeline.id).await?;
+        let ctx = PlanContext {
+            repository: pipeline.repository.clone(),
+            sha: input.sha.clone(),
+            r#ref: input.git_ref.clone(),
+            run_number: number,
+        };
+        let mut planned = pipeline::plan(file, &ctx).map_err(ServiceError::InvalidPipeline)?;
+        let nodes: Vec<(String, Vec<String>)> = planned
+            .iter()
+            .map(|t| (t.name.clone(), t.needs.clone()))
+            .collect();
+        let order = dag::topo_order(&nodes).map_err(|e| ServiceError::BadInput(e.to_string()))?;
+        let mut slots: Vec<Option<pipeline::PlannedTask>> = planned.drain(..).map(Some).collect();
+        let planned: Vec<pipeline::PlannedTask> =
+            order.into_iter().filter_map(|i| slots[i].take()).collect();
+
+        let mut fx = Effects::default();
+        let run_id = RunId::new().to_string();
+        let (group, cancel_in_progress) = match &file.concurrency {
+            Some(c) => {
+                let mut vars = ctx.vars();
+                vars.extend(
+                    file.env
+                        .iter()
+                        .map(|(k, v)| (format!("env.{k}"), v.clone())),
+                );
+                let group = pipeline::expr::substitute(&c.group, &vars)
+                    .map_err(|e| ServiceError::BadInput(format!("concurrency.group: {e}")))?;
+                (Some(group), c.cancel_in_progress)
+            }
+            None => (None, false),
+        };
+        let mut held = false;
+        if let Some(group) = &group {
+            let active = run::Entity::find()
+                .filter(run::Column::TenantId.eq(pipeline.tenant_id.clone()))
+                .filter(run::Column::ConcurrencyGroup.eq(group.clone()))
+                .filter(run::Column::State.is_in([
+                    RunState::Queued.as_str(),
+                    RunState::Running.as_str(),
+                    RunState::Cancelling.as_str(),
+                ]))
+                .all(db)
+                .await?;
+            if cancel_in_progress {
+                for other in active {
+                    if other.state != RunState::Cancelling.as_str() {
+                        cancel_in_tx(
+                            db,
+                            &other,
+                            now,
+                            "superseded by a newer run of its concurrency group",
+                            &mut fx,
+                        )
+                        .await?;
+                    }
+                }
+            } else {
+                held = !active.is_empty();
+            }
+        }
+
+        let total = planned.len() as i32;
+        let model = run::ActiveModel {
+            id: Set(run_id.clone()),
+            tenant_id: Set(pipeline.tenant_id.clone()),
+            pipeline_id: Set(pipeline.id.clone()),
+            number: Set(number),
+            provider: Set(pipeline.provider.clone()),
+            repository: Set(pipeline.repository.clone()),
+            sha: Set(input.sha.clone()),
+            git_ref: Set(input.git_ref.clone()),
+            trigger_kind: Set(input.trigger_kind.clone().unwrap_or_else(|| "api".into())),
+            idempotency_key: Set(input.idempotency_key.clone()),
+            concurrency_group: Set(group),
+            cancel_in_progress: Set(cancel_in_progress),
+            priority: Set(input.priority.unwrap_or(0)),
+            state: Set(RunState::Queued.as_str().to_owned()),
+            parent_task_id: Set(None),
+            held: Set(held),
+            tasks_total: Set(total),
+            tasks_remaining: Set(total),
+            tasks_failed: Set(0),
+            created_at: Set(now),
+            started_at: Set(None),
+            finished_at: Set(None),
+            no_cache: Set(input.no_cache),
+        };
+        let run = model.insert(db).await.map_err(StoreError::from)?;
+        fx.events.push(run_event(
+            &run,
+            Transition::created(RunState::Queued, "triggered"),
+        ));
+        let facts = RunFacts {
+            run_id: &run.id,
+            tenant_id: &run.tenant_id,
+            provider: &run.provider,
+            repository: &run.repository,
+            sha: &run.sha,
+            priority: run.priority,
+            held,
+            now,
+        };
+        let keys = planning::cache_keys(&facts, &planned);
+        let cache = super::cache::plan_lookup(
+            db,
+            &run.tenant_id,
+            &planned,
+            &keys,
+            input.no_cache,
+            reuse,
+            now,
+        )
+        .await?;
+        let rows = planning::plan_rows(&facts, planned, keys, &cache);
+        let finished = rows.skipped + rows.cached.len() as i32;
+        super::cache::apply_plan(db, &facts, &rows).await?;
+        fx.events.extend(rows.events);
+        for q in &rows.queues {
+            fx.wake(q);
+        }
+        repo::insert_tasks(db, rows.tasks).await?;
+        repo::insert_attempts(db, rows.attempts).await?;
+        let run = if finished > 0 {
+            let run = repo::count_finished(db, &run.id, finished, 0).await?;
+            if run.tasks_remaining <= 0 {
+                progress::finish_run(db, &run, now, &mut fx).await?;
+            }
+            run
+        } else {
+            run
+        };
         self.commit(wtx, now, fx).await?;
         Ok(run::Entity::find_by_id(run.id.clone())
             .one(self.store().db())
@@ -503,328 +644,4 @@ pub(crate) async fn cancel_in_tx(
         progress::finish_run(db, &current, now, fx).await?;
     }
     Ok(())
-}
-
-async fn find_idempotent_in(
-    db: &impl ConnectionTrait,
-    pipeline_id: &str,
-    input: &TriggerInput,
-) -> Result<Option<run::Model>, ServiceError> {
-    let Some(key) = &input.idempotency_key else {
-        return Ok(None);
-    };
-    Ok(run::Entity::find()
-        .filter(run::Column::PipelineId.eq(pipeline_id))
-        .filter(run::Column::Sha.eq(input.sha.clone()))
-        .filter(run::Column::GitRef.eq(input.git_ref.clone()))
-        .filter(run::Column::IdempotencyKey.eq(key.clone()))
-        .one(db)
-        .await?)
-}
-
-/// Plans a run inside the write transaction `db`: the run, its tasks, first attempts and
-/// events. Returns the run and what to announce after the commit.
-async fn plan_in(
-    db: &impl ConnectionTrait,
-    pipeline: &crate::store::entity::pipeline::Model,
-    file: &pipeline::PipelineFile,
-    input: &TriggerInput,
-    reuse: Option<&HashMap<String, super::cache::Reusable>>,
-    now: i64,
-) -> Result<(run::Model, Effects), ServiceError> {
-    if let Some(existing) = find_idempotent_in(db, &pipeline.id, input).await? {
-        return Ok((existing, Effects::default()));
-    }
-    let number = repo::next_run_number(db, &pipeline.id).await?;
-    let ctx = PlanContext {
-        repository: pipeline.repository.clone(),
-        sha: input.sha.clone(),
-        r#ref: input.git_ref.clone(),
-        run_number: number,
-    };
-    let mut planned = pipeline::plan(file, &ctx).map_err(ServiceError::InvalidPipeline)?;
-    let nodes: Vec<(String, Vec<String>)> = planned
-        .iter()
-        .map(|t| (t.name.clone(), t.needs.clone()))
-        .collect();
-    let order = dag::topo_order(&nodes).map_err(|e| ServiceError::BadInput(e.to_string()))?;
-    let mut slots: Vec<Option<pipeline::PlannedTask>> = planned.drain(..).map(Some).collect();
-    let planned: Vec<pipeline::PlannedTask> =
-        order.into_iter().filter_map(|i| slots[i].take()).collect();
-
-    let mut fx = Effects::default();
-    let run_id = RunId::new().to_string();
-    let (group, cancel_in_progress) = match &file.concurrency {
-        Some(c) => {
-            let mut vars = ctx.vars();
-            vars.extend(
-                file.env
-                    .iter()
-                    .map(|(k, v)| (format!("env.{k}"), v.clone())),
-            );
-            let group = pipeline::expr::substitute(&c.group, &vars)
-                .map_err(|e| ServiceError::BadInput(format!("concurrency.group: {e}")))?;
-            (Some(group), c.cancel_in_progress)
-        }
-        None => (None, false),
-    };
-    let mut held = false;
-    if let Some(group) = &group {
-        let active = run::Entity::find()
-            .filter(run::Column::TenantId.eq(pipeline.tenant_id.clone()))
-            .filter(run::Column::ConcurrencyGroup.eq(group.clone()))
-            .filter(run::Column::State.is_in([
-                RunState::Queued.as_str(),
-                RunState::Running.as_str(),
-                RunState::Cancelling.as_str(),
-            ]))
-            .all(db)
-            .await?;
-        if cancel_in_progress {
-            for other in active {
-                if other.state != RunState::Cancelling.as_str() {
-                    cancel_in_tx(
-                        db,
-                        &other,
-                        now,
-                        "superseded by a newer run of its concurrency group",
-                        &mut fx,
-                    )
-                    .await?;
-                }
-            }
-        } else {
-            held = !active.is_empty();
-        }
-    }
-
-    let total = planned.len() as i32;
-    let model = run::ActiveModel {
-        id: Set(run_id.clone()),
-        tenant_id: Set(pipeline.tenant_id.clone()),
-        pipeline_id: Set(pipeline.id.clone()),
-        number: Set(number),
-        provider: Set(pipeline.provider.clone()),
-        repository: Set(pipeline.repository.clone()),
-        sha: Set(input.sha.clone()),
-        git_ref: Set(input.git_ref.clone()),
-        trigger_kind: Set(input.trigger_kind.clone().unwrap_or_else(|| "api".into())),
-        idempotency_key: Set(input.idempotency_key.clone()),
-        concurrency_group: Set(group),
-        cancel_in_progress: Set(cancel_in_progress),
-        priority: Set(input.priority.unwrap_or(0)),
-        state: Set(RunState::Queued.as_str().to_owned()),
-        parent_task_id: Set(None),
-        held: Set(held),
-        tasks_total: Set(total),
-        tasks_remaining: Set(total),
-        tasks_failed: Set(0),
-        created_at: Set(now),
-        started_at: Set(None),
-        finished_at: Set(None),
-        no_cache: Set(input.no_cache),
-    };
-    let run = model.insert(db).await.map_err(StoreError::from)?;
-    fx.events.push(run_event(
-        &run,
-        Transition::created(RunState::Queued, "triggered"),
-    ));
-    let facts = RunFacts {
-        run_id: &run.id,
-        tenant_id: &run.tenant_id,
-        provider: &run.provider,
-        repository: &run.repository,
-        sha: &run.sha,
-        priority: run.priority,
-        held,
-        now,
-    };
-    let keys = planning::cache_keys(&facts, &planned);
-    let cache = super::cache::plan_lookup(
-        db,
-        &run.tenant_id,
-        &planned,
-        &keys,
-        input.no_cache,
-        reuse,
-        now,
-    )
-    .await?;
-    let rows = planning::plan_rows(&facts, planned, keys, &cache);
-    let finished = rows.skipped + rows.cached.len() as i32;
-    super::cache::apply_plan(db, &facts, &rows).await?;
-    fx.events.extend(rows.events);
-    for q in &rows.queues {
-        fx.wake(q);
-    }
-    repo::insert_tasks(db, rows.tasks).await?;
-    repo::insert_attempts(db, rows.attempts).await?;
-    let run = if finished > 0 {
-        let run = repo::count_finished(db, &run.id, finished, 0).await?;
-        if run.tasks_remaining <= 0 {
-            progress::finish_run(db, &run, now, &mut fx).await?;
-        }
-        run
-    } else {
-        run
-    };
-    Ok((run, fx))
-}
-
-/// Largest number of triggers planned in one transaction.
-const MAX_PLAN_GROUP: usize = 256;
-
-/// Triggers waiting to be planned together. A commit costs the same for one run as for a
-/// hundred (on SQLite it is the single writer's turn, on PostgreSQL a WAL flush), so the
-/// triggers that arrive while one group commits are planned in the next group, in one
-/// transaction, each inside its own savepoint: a trigger that fails to plan rolls back
-/// alone. Every caller is answered only after its group committed (durable before
-/// acknowledged). No timer: a lone trigger is planned at once, and groups grow only as
-/// large as the load makes them.
-#[derive(Default)]
-pub(crate) struct PlanQueue {
-    state: std::sync::Mutex<PlanQueueState>,
-}
-
-#[derive(Default)]
-struct PlanQueueState {
-    pending: Vec<PendingPlan>,
-    /// A task is planning groups; it stops once `pending` is empty.
-    leading: bool,
-}
-
-struct PendingPlan {
-    pipeline: crate::store::entity::pipeline::Model,
-    file: pipeline::PipelineFile,
-    input: TriggerInput,
-    reply: tokio::sync::oneshot::Sender<Result<run::Model, ServiceError>>,
-}
-
-/// Adds what one planned run announces to its group's announcements.
-fn absorb(into: &mut Effects, from: Effects) {
-    into.events.extend(from.events);
-    for q in &from.queues {
-        into.wake(q);
-    }
-    into.cancel_attempts.extend(from.cancel_attempts);
-    into.retry_scheduled |= from.retry_scheduled;
-    into.logs.extend(from.logs);
-}
-
-impl Service {
-    /// Plans a run in the next group commit and waits for that commit.
-    async fn plan_grouped(
-        &self,
-        pipeline: &crate::store::entity::pipeline::Model,
-        file: &pipeline::PipelineFile,
-        input: &TriggerInput,
-    ) -> Result<run::Model, ServiceError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let lead = {
-            let mut st = self
-                .inner
-                .plans
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            st.pending.push(PendingPlan {
-                pipeline: pipeline.clone(),
-                file: file.clone(),
-                input: input.clone(),
-                reply,
-            });
-            !std::mem::replace(&mut st.leading, true)
-        };
-        if lead {
-            // A task of its own, so that a caller that goes away (a closed connection
-            // drops its request) cannot strand the triggers queued behind it.
-            let s = self.clone();
-            tokio::spawn(async move { s.plan_groups().await });
-        }
-        let run = answer.await.map_err(|_| {
-            ServiceError::Internal("BUG: a planning group dropped a trigger".into())
-        })??;
-        Ok(run::Entity::find_by_id(run.id.clone())
-            .one(self.store().db())
-            .await?
-            .unwrap_or(run))
-    }
-
-    /// Plans groups until no trigger is waiting.
-    async fn plan_groups(&self) {
-        loop {
-            let group: Vec<PendingPlan> = {
-                let mut st = self
-                    .inner
-                    .plans
-                    .state
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                if st.pending.is_empty() {
-                    st.leading = false;
-                    return;
-                }
-                let n = st.pending.len().min(MAX_PLAN_GROUP);
-                st.pending.drain(..n).collect()
-            };
-            self.plan_group(group).await;
-        }
-    }
-
-    #[instrument(skip_all, fields(triggers = group.len()))]
-    async fn plan_group(&self, group: Vec<PendingPlan>) {
-        use sea_orm::TransactionTrait;
-        let wtx = match self.store().write().await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "planning group: no write transaction");
-                for p in group {
-                    let _ = p.reply.send(Err(ServiceError::Internal(format!(
-                        "write transaction: {e}"
-                    ))));
-                }
-                return;
-            }
-        };
-        let now = self.now_ms();
-        let mut fx = Effects::default();
-        let mut planned = Vec::with_capacity(group.len());
-        for p in group {
-            let one = async {
-                let sp = wtx.tx.begin().await?;
-                match plan_in(&sp, &p.pipeline, &p.file, &p.input, None, now).await {
-                    Ok(done) => {
-                        sp.commit().await?;
-                        Ok(done)
-                    }
-                    Err(e) => {
-                        sp.rollback().await?;
-                        Err(e)
-                    }
-                }
-            };
-            match one.await {
-                Ok((run, run_fx)) => {
-                    absorb(&mut fx, run_fx);
-                    planned.push((p.reply, run));
-                }
-                Err(e) => {
-                    let _ = p.reply.send(Err(e));
-                }
-            }
-        }
-        match self.commit(wtx, now, fx).await {
-            Ok(()) => {
-                for (reply, run) in planned {
-                    let _ = reply.send(Ok(run));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "planning group: commit failed");
-                for (reply, _) in planned {
-                    let _ = reply.send(Err(ServiceError::Internal(format!("commit: {e}"))));
-                }
-            }
-        }
-    }
 }
