@@ -13,6 +13,7 @@ mod m20261128_000004_live;
 mod m20261128_000006_fairness;
 mod m20261128_000007_schedules;
 mod m20261129_000008_triggers;
+mod m20261129_000009_load;
 mod m20261129_000010_claim_indexes;
 
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000006_fairness::Migration),
             Box::new(m20261128_000007_schedules::Migration),
             Box::new(m20261129_000008_triggers::Migration),
+            Box::new(m20261129_000009_load::Migration),
             Box::new(m20261129_000010_claim_indexes::Migration),
         ]
     }

@@ -5,6 +5,12 @@
 //!   start (mean, p50, p99), measured on the event bus with a monotonic clock.
 //! - W3 diamond: layers of jobs, each needing every job of the layer before.
 //!
+//! - burst: concurrent clients submit single-job runs over HTTP GraphQL (`triggerRun`)
+//!   as fast as they can — accepted submissions/s, time to drain, queue wait p99 per
+//!   tenant, and runs lost (accepted but not succeeded; must be 0). Over HTTP rather
+//!   than in-process calls so that the figure includes what a real client pays: the
+//!   request, the JSON, authentication and admission.
+//!
 //! Every step is a real process. Peak RSS is the process's high-water mark.
 
 use std::collections::HashMap;
@@ -50,6 +56,15 @@ pub struct BenchArgs {
     pub w3_layers: usize,
     #[arg(long, default_value_t = 50)]
     pub w3_width: usize,
+    /// Runs the burst workload submits (one job each).
+    #[arg(long, default_value_t = 5000)]
+    pub burst_runs: usize,
+    /// Concurrent clients of the burst workload.
+    #[arg(long, default_value_t = 10)]
+    pub burst_clients: usize,
+    /// Tenants the burst clients submit for (client i for tenant i mod n).
+    #[arg(long, default_value_t = 2)]
+    pub burst_tenants: usize,
 }
 
 /// Errors of a benchmark run.
@@ -65,6 +80,10 @@ pub enum BenchError {
     RunFailed(String, String),
     #[error("{0}")]
     Usage(&'static str),
+    #[error("database: {0}")]
+    Db(#[from] sea_orm::DbErr),
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
 }
 
 fn fan_out(n: usize) -> String {
@@ -219,6 +238,158 @@ async fn run_workload(
     })
 }
 
+/// What the burst workload measured.
+struct Burst {
+    accepted: usize,
+    refused: usize,
+    submit: Duration,
+    drain: Duration,
+    succeeded: u64,
+    /// Queue wait p50 and p99 per tenant name, in ms.
+    waits: Vec<(String, i64, i64)>,
+}
+
+const TRIGGER: &str = "mutation($p: ID!, $s: String!) { triggerRun(input: {pipeline: $p, sha: $s, ref: \"refs/heads/bench\"}) { id } }";
+
+async fn burst(node: &Node, token: &str, args: &BenchArgs) -> Result<Burst, BenchError> {
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
+
+    use crate::store::entity::{attempt, run};
+
+    let service = &node.service;
+    let admin = Caller::system(
+        service
+            .ensure_default_tenant()
+            .await?
+            .id
+            .parse()
+            .map_err(crate::service::ServiceError::from)?,
+    );
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let mut tenants = Vec::new();
+    let mut pipelines = Vec::new();
+    for i in 0..args.burst_tenants.max(1) {
+        let t = service
+            .create_tenant(
+                &admin,
+                crate::service::TenantInput {
+                    name: format!("burst-{i}-{}", &tag[..8]),
+                    weight: None,
+                    max_running: None,
+                    // Admission is not what this measures: a bucket the burst cannot empty.
+                    trigger_rate: Some(1e6),
+                    trigger_burst: Some(i32::MAX),
+                },
+            )
+            .await?;
+        let p = service
+            .create_pipeline(
+                &admin,
+                PipelineInput {
+                    tenant: Some(t.id.clone()),
+                    name: format!("burst-{i}"),
+                    provider: "git".into(),
+                    repository: ".".into(),
+                    file: "jobs:\n  j: { cache: false, steps: [{run: \"true\"}] }\n".into(),
+                    webhook_secret: None,
+                },
+            )
+            .await?;
+        tenants.push(t);
+        pipelines.push(p.id);
+    }
+    let url = format!("http://{}/graphql", node.addr);
+    let http = reqwest::Client::new();
+    let clients = args.burst_clients.max(1);
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let n = args.burst_runs / clients + usize::from(c < args.burst_runs % clients);
+        let (http, url, token) = (http.clone(), url.clone(), token.to_owned());
+        let pipeline = pipelines[c % pipelines.len()].clone();
+        set.spawn(async move {
+            let (mut ok, mut refused) = (0usize, 0usize);
+            for i in 0..n {
+                let body = serde_json::json!({
+                    "query": TRIGGER,
+                    "variables": { "p": pipeline, "s": format!("c{c}-{i}") },
+                });
+                let res: serde_json::Value = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                if res["data"]["triggerRun"]["id"].is_string() {
+                    ok += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+            Ok::<_, reqwest::Error>((ok, refused))
+        });
+    }
+    let (mut accepted, mut refused) = (0, 0);
+    while let Some(done) = set.join_next().await {
+        let (ok, no) = done.map_err(|e| std::io::Error::other(e.to_string()))??;
+        accepted += ok;
+        refused += no;
+    }
+    let submit = start.elapsed();
+    let ids: Vec<String> = tenants.iter().map(|t| t.id.clone()).collect();
+    let db = service.store().db();
+    let terminal = ["succeeded", "failed", "cancelled"];
+    loop {
+        let open = run::Entity::find()
+            .filter(run::Column::TenantId.is_in(ids.clone()))
+            .filter(run::Column::State.is_not_in(terminal))
+            .count(db)
+            .await?;
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drain = start.elapsed();
+    let succeeded = run::Entity::find()
+        .filter(run::Column::TenantId.is_in(ids.clone()))
+        .filter(run::Column::State.eq("succeeded"))
+        .count(db)
+        .await?;
+    let mut waits = Vec::new();
+    for t in &tenants {
+        let rows: Vec<(i64, i64, Option<i64>)> = attempt::Entity::find()
+            .select_only()
+            .column(attempt::Column::CreatedAt)
+            .column(attempt::Column::ScheduledAt)
+            .column(attempt::Column::StartedAt)
+            .filter(attempt::Column::TenantId.eq(t.id.clone()))
+            .into_tuple()
+            .all(db)
+            .await?;
+        let mut w: Vec<f64> = rows
+            .into_iter()
+            .filter_map(|(c, s, started)| started.map(|st| (st - c.max(s)) as f64))
+            .collect();
+        w.sort_by(f64::total_cmp);
+        waits.push((
+            t.name.clone(),
+            percentile(&w, 0.5) as i64,
+            percentile(&w, 0.99) as i64,
+        ));
+    }
+    Ok(Burst {
+        accepted,
+        refused,
+        submit,
+        drain,
+        succeeded,
+        waits,
+    })
+}
+
 /// Runs the selected workloads and prints their figures.
 pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     if args.replicas == 0 {
@@ -264,6 +435,7 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
         nodes.push(Node::start(config).await?);
     }
     let node = &nodes[0];
+    let token = admin_token.clone();
     let tenant = node.service.ensure_default_tenant().await?;
     let caller = Caller::system(
         tenant
@@ -286,6 +458,27 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
         args.replicas, args.workers
     );
     for w in &args.workloads {
+        if w == "burst" {
+            let b = burst(&node, &token, &args).await?;
+            let secs = |d: Duration| d.as_secs_f64();
+            let lost = b.accepted as u64 - b.succeeded.min(b.accepted as u64);
+            let _ = writeln!(
+                out,
+                "burst: {} clients submitted {} single-job runs over HTTP GraphQL: {} accepted, {} refused in {:.3} s = {:.0} accepted submissions/s; drained in {:.3} s = {:.0} tasks/s; lost {lost}",
+                args.burst_clients,
+                args.burst_runs,
+                b.accepted,
+                b.refused,
+                secs(b.submit),
+                b.accepted as f64 / secs(b.submit),
+                secs(b.drain),
+                b.succeeded as f64 / secs(b.drain),
+            );
+            for (tenant, p50, p99) in &b.waits {
+                let _ = writeln!(out, "  queue wait of {tenant}: p50 {p50} ms, p99 {p99} ms");
+            }
+            continue;
+        }
         let (label, file) = match w.as_str() {
             "w1" => (
                 format!("W1 fan-out {} jobs", args.w1_jobs),

@@ -12,6 +12,8 @@
 //! - `pipeline` — the file format; `domain` — pure rules; `clock` — injectable time;
 //!   `metrics` — the process's counters and histograms, recorded from every layer.
 //! - `config` — the options of `gantry serve`: flags, environment and TOML file.
+//! - `bench`, `simulate` — `gantry bench` workloads, and the trace replay over the
+//!   fair-share decision of `domain::fairness` on a virtual clock.
 
 pub mod agent;
 pub mod app;
@@ -30,5 +32,6 @@ pub mod pipeline;
 pub mod reconciler;
 pub mod scheduler;
 pub mod service;
+pub mod simulate;
 pub mod store;
 pub mod webhooks;

@@ -1,4 +1,5 @@
-//! The `gantry` command: `serve`, `agent`, `migrate`, `validate`, `schema`, `trigger`.
+//! The `gantry` command: `serve`, `agent`, `migrate`, `validate`, `schema`, `trigger`,
+//! `bench`, `simulate`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +58,9 @@ enum Command {
     Schema,
     /// Runs the standard workloads against an in-process server and prints figures.
     Bench(gantry::bench::BenchArgs),
+    /// Replays a trace of submissions against the fair-share scheduler on a virtual
+    /// clock and prints waits per tenant and queue depth over time.
+    Simulate(gantry::simulate::SimulateArgs),
 }
 
 fn node_name() -> String {
@@ -109,6 +113,10 @@ async fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Resul
         }
         Command::Bench(args) => {
             print!("{}", gantry::bench::run(args).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate(args) => {
+            print!("{}", gantry::simulate::run(&args)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Agent(args) => {

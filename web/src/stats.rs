@@ -2,10 +2,10 @@
 //! workers, for the status bar and the load view) and the global event log (for live runs
 //! and the arrival, completion and wait charts).
 //!
-//! Both are polled: the API has no global event subscription yet, and queue statistics
-//! over time (`queueStats` history) are not served yet. The per-second [`Buckets`] are
-//! built here from the event log, so when the server serves them the load view only
-//! changes where its series come from, not how it draws them.
+//! Both are polled. The per-second [`Buckets`] are built here from the event log the
+//! dashboard already follows; the server also serves them (`queueStats(queue, since)`,
+//! per queue and tenant, and the `queueStats` subscription), so moving the load view onto
+//! that API changes only where its series come from, not how it draws them.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;

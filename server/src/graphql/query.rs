@@ -13,6 +13,9 @@ use crate::service::{EventFilter, RunFilter};
 #[derive(Default)]
 pub struct Query;
 
+/// The window of `queueStats` without `since`.
+const DEFAULT_STATS_WINDOW_MS: i64 = 300_000;
+
 /// Filters for `runs`.
 #[derive(InputObject, Default)]
 pub struct RunFilterInput {
@@ -52,12 +55,83 @@ pub struct Viewer {
     pub scopes: Vec<Scope>,
 }
 
-/// Current load of one queue.
+/// Load of one queue: the work waiting now, and what happened over time in buckets of a
+/// second (a minute for what is older than 24 hours).
 #[derive(SimpleObject)]
 pub struct QueueStats {
     pub queue: String,
     /// Attempts waiting for a worker now.
     pub depth: i64,
+    /// Start of the first bucket.
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// The whole queue (as far as the caller may see it), oldest bucket first.
+    pub buckets: Vec<LoadBucket>,
+    /// One series per tenant with attempts in the window.
+    pub tenants: Vec<TenantLoad>,
+}
+
+/// One time bucket of a queue's load.
+#[derive(SimpleObject)]
+pub struct LoadBucket {
+    /// Start of the bucket.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Width of the bucket: 1, or 60 for buckets older than 24 hours.
+    pub seconds: i32,
+    /// Attempts that entered the queue.
+    pub arrivals: i64,
+    /// Attempts that started.
+    pub starts: i64,
+    /// Attempts that ended, in any terminal state.
+    pub completions: i64,
+    /// Attempts waiting at the end of the bucket.
+    pub depth: i64,
+    /// Median queue wait (entered the queue → started) of the bucket's starts, in ms.
+    pub wait_p50_ms: Option<i64>,
+    /// 99th percentile of the same waits, in ms.
+    pub wait_p99_ms: Option<i64>,
+}
+
+/// The load series of one tenant in a queue.
+#[derive(SimpleObject)]
+pub struct TenantLoad {
+    pub tenant: ID,
+    pub name: String,
+    pub buckets: Vec<LoadBucket>,
+}
+
+impl QueueStats {
+    pub(crate) fn new(depth: i64, since: i64, load: crate::service::QueueLoad) -> QueueStats {
+        let buckets = |bs: Vec<crate::service::LoadBucket>| -> Vec<LoadBucket> {
+            bs.into_iter()
+                .map(|b| LoadBucket {
+                    at: crate::clock::to_datetime(b.at_ms),
+                    seconds: (b.width_ms / 1000) as i32,
+                    arrivals: b.arrivals as i64,
+                    starts: b.starts as i64,
+                    completions: b.completions as i64,
+                    depth: b.depth as i64,
+                    wait_p50_ms: b.wait_p50_ms,
+                    wait_p99_ms: b.wait_p99_ms,
+                })
+                .collect()
+        };
+        let since = load.buckets.first().map_or(since, |b| b.at_ms);
+        QueueStats {
+            queue: load.queue,
+            depth,
+            since: crate::clock::to_datetime(since),
+            buckets: buckets(load.buckets),
+            tenants: load
+                .tenants
+                .into_iter()
+                .map(|t| TenantLoad {
+                    tenant: ID(t.tenant_id),
+                    name: t.tenant_name,
+                    buckets: buckets(t.buckets),
+                })
+                .collect(),
+        }
+    }
 }
 
 fn state_name<T: std::fmt::Debug>(s: T) -> String {
@@ -210,24 +284,22 @@ impl Query {
             .collect())
     }
 
-    /// Load of one queue.
+    /// Load of one queue: its depth now, and its buckets from `since` until now.
     async fn queue_stats(
         &self,
         ctx: &Context<'_>,
         queue: String,
-        #[graphql(desc = "Start of the window (unused until per-second buckets are kept).")] since: Option<chrono::DateTime<chrono::Utc>>,
+        #[graphql(desc = "Start of the series; the last 5 minutes when absent.")] since: Option<
+            chrono::DateTime<chrono::Utc>,
+        >,
     ) -> async_graphql::Result<QueueStats> {
-        let _ = since;
         let s = service(ctx)?;
-        let depth = s
-            .queues(caller(ctx)?)
-            .await
-            .map_err(gql)?
-            .into_iter()
-            .find(|(q, _)| *q == queue)
-            .map(|(_, d)| d)
-            .unwrap_or(0);
-        Ok(QueueStats { queue, depth })
+        let c = caller(ctx)?;
+        let now = s.now_ms();
+        let since = since.map_or(now - DEFAULT_STATS_WINDOW_MS, |t| t.timestamp_millis());
+        let depth = s.queue_depth(c, &queue).await.map_err(gql)?;
+        let load = s.queue_load(c, &queue, since, now + 1).await.map_err(gql)?;
+        Ok(QueueStats::new(depth, since, load))
     }
 
     /// API tokens (admin), of one tenant or of every tenant; never their secrets.

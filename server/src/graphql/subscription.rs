@@ -197,45 +197,37 @@ impl Subscription {
         })
     }
 
-    /// A queue's statistics: the current value at once, then a new one whenever it
-    /// changes (checked after attempt transitions, at most every 100 ms, and every 5 s).
+    /// A queue's load, one second at a time: the last finished second at once, then each
+    /// second once it has ended (and half a second more, for decisions still committing),
+    /// with the depth at that moment.
     async fn queue_stats(
         &self,
         ctx: &Context<'_>,
         queue: String,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<super::query::QueueStats>>>
     {
+        const SECOND: i64 = 1_000;
+        const GRACE_MS: i64 = 500;
         let s = service(ctx)?.clone();
         let c = caller(ctx)?.clone();
         c.require(crate::service::Scope::Read).map_err(gql)?;
-        let mut live = s.bus().subscribe();
         Ok(async_stream::stream! {
-            let mut shown: Option<i64> = None;
+            let mut until = (s.now_ms() - GRACE_MS).div_euclid(SECOND) * SECOND;
             loop {
-                match s.queue_depth(&c, &queue).await {
-                    Ok(depth) if shown != Some(depth) => {
-                        shown = Some(depth);
-                        yield Ok(super::query::QueueStats { queue: queue.clone(), depth });
-                    }
-                    Ok(_) => {}
-                    Err(e) => { yield Err(gql(e)); return; }
+                let from = until - SECOND;
+                let stats = match (
+                    s.queue_depth(&c, &queue).await,
+                    s.queue_load(&c, &queue, from, until).await,
+                ) {
+                    (Ok(depth), Ok(load)) => super::query::QueueStats::new(depth, from, load),
+                    (Err(e), _) | (_, Err(e)) => { yield Err(gql(e)); return; }
+                };
+                yield Ok(stats);
+                until += SECOND;
+                let wait = until + GRACE_MS - s.now_ms();
+                if wait > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
                 }
-                // Wait for an attempt transition (or the periodic look), then let a burst
-                // of them settle into one reading.
-                let tick = tokio::time::sleep(std::time::Duration::from_secs(5));
-                tokio::pin!(tick);
-                loop {
-                    tokio::select! {
-                        _ = &mut tick => break,
-                        e = live.recv() => match e {
-                            Ok(e) if e.entity == Entity::Attempt => break,
-                            Ok(_) | Err(RecvError::Lagged(_)) => {}
-                            Err(RecvError::Closed) => return,
-                        },
-                    }
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                while live.try_recv().is_ok() {}
             }
         })
     }

@@ -8,7 +8,7 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 use super::auth::Scope;
 use super::{Caller, Service, ServiceError};
 use crate::domain::EventRecord;
-use crate::store::entity::{attempt, event, log_chunk, run, task, worker};
+use crate::store::entity::{attempt, event, log_chunk, run, task, tenant, worker};
 
 /// A page request: up to `first` items after the item `after`.
 #[derive(Debug, Clone, Default)]
@@ -321,33 +321,113 @@ impl Service {
                 if !live {
                     return Ok(Some(format!("no live worker serves queue {:?}", t.queue)));
                 }
-                let ahead = attempt::Entity::find()
-                    .filter(attempt::Column::Queue.eq(t.queue.clone()))
-                    .filter(attempt::Column::State.eq("queued"))
-                    .filter(
-                        sea_orm::Condition::any()
-                            .add(attempt::Column::Priority.gt(a.priority))
-                            .add(
-                                sea_orm::Condition::all()
-                                    .add(attempt::Column::Priority.eq(a.priority))
-                                    .add(attempt::Column::ScheduledAt.lt(a.scheduled_at)),
-                            )
-                            .add(
-                                sea_orm::Condition::all()
-                                    .add(attempt::Column::Priority.eq(a.priority))
-                                    .add(attempt::Column::ScheduledAt.eq(a.scheduled_at))
-                                    .add(attempt::Column::Id.lt(a.id.clone())),
-                            ),
-                    )
-                    .count(db)
-                    .await?;
+                if let Some(reason) = self.fair_share_reason(t, &a, now).await? {
+                    return Ok(Some(reason));
+                }
+                // The tenant is served next: its place in its own sub-queue of the queue.
                 Ok(Some(format!(
                     "queued at position {} in queue {:?}",
-                    ahead + 1,
+                    position_in_tenant(db, &a).await?,
                     t.queue
                 )))
             }
             _ => Ok(None),
         }
+    }
+}
+
+/// Queued attempts that the claim takes before `a` within one tenant: higher priority,
+/// then older.
+fn ahead_of(a: &attempt::Model) -> sea_orm::Condition {
+    sea_orm::Condition::any()
+        .add(attempt::Column::Priority.gt(a.priority))
+        .add(
+            sea_orm::Condition::all()
+                .add(attempt::Column::Priority.eq(a.priority))
+                .add(attempt::Column::ScheduledAt.lt(a.scheduled_at)),
+        )
+        .add(
+            sea_orm::Condition::all()
+                .add(attempt::Column::Priority.eq(a.priority))
+                .add(attempt::Column::ScheduledAt.eq(a.scheduled_at))
+                .add(attempt::Column::Id.lt(a.id.clone())),
+        )
+}
+
+/// The place of queued attempt `a` among its tenant's queued attempts of its queue (1 is
+/// next): within a tenant the claim takes the highest priority, then the oldest.
+async fn position_in_tenant(
+    db: &impl sea_orm::ConnectionTrait,
+    a: &attempt::Model,
+) -> Result<u64, ServiceError> {
+    Ok(attempt::Entity::find()
+        .filter(attempt::Column::Queue.eq(a.queue.clone()))
+        .filter(attempt::Column::State.eq("queued"))
+        .filter(attempt::Column::TenantId.eq(a.tenant_id.clone()))
+        .filter(ahead_of(a))
+        .count(db)
+        .await?
+        + 1)
+}
+
+impl Service {
+    /// The quota or fair-share reason of a queued attempt `a` of task `t`, when the
+    /// dispatcher would serve another tenant (or none of this one) first. It asks the same
+    /// pure decision as the claim (`domain::fairness::fair_order`).
+    async fn fair_share_reason(
+        &self,
+        t: &task::Model,
+        a: &attempt::Model,
+        now: i64,
+    ) -> Result<Option<String>, ServiceError> {
+        use crate::domain::fairness::{FAIR_WINDOW_MS, fair_order};
+        let db = self.store().db();
+        let contenders = crate::store::repo::contenders(db, &t.queue, now, None).await?;
+        let Some(own) = contenders.iter().find(|c| c.tenant_id == a.tenant_id) else {
+            return Ok(None);
+        };
+        let names: std::collections::HashMap<String, String> = tenant::Entity::find()
+            .filter(tenant::Column::Id.is_in(contenders.iter().map(|c| c.tenant_id.clone())))
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|x| (x.id, x.name))
+            .collect();
+        let name = |id: &str| names.get(id).cloned().unwrap_or_else(|| id.to_owned());
+        if !own.below_quota() {
+            return Ok(Some(format!(
+                "tenant {} is at its quota of {} running attempts",
+                name(&own.tenant_id),
+                own.max_running
+            )));
+        }
+        let order = fair_order(contenders.clone());
+        let ahead: Vec<String> = order
+            .iter()
+            .take_while(|c| c.tenant_id != own.tenant_id)
+            .map(|c| {
+                format!(
+                    "{} ({} at weight {})",
+                    name(&c.tenant_id),
+                    c.share,
+                    c.weight.max(1)
+                )
+            })
+            .collect();
+        if ahead.is_empty() {
+            return Ok(None);
+        }
+        let position = position_in_tenant(db, a).await?;
+        Ok(Some(format!(
+            "waiting for its fair share of queue {:?}: other tenants are served first: {}; \
+             tenant {} has {} attempts running or started in the last {} s at weight {}, \
+             and this is its position {position} in the queue",
+            t.queue,
+            ahead.join(", "),
+            name(&own.tenant_id),
+            own.share,
+            FAIR_WINDOW_MS / 1000,
+            own.weight.max(1)
+        )))
     }
 }

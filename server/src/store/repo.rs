@@ -11,6 +11,7 @@ use sea_orm::{
 
 use super::StoreError;
 use super::entity::{attempt, pipeline, run, task};
+use crate::domain::fairness::{Contender, FAIR_WINDOW_MS, fair_order};
 use crate::domain::{AttemptState, RunState, TaskState};
 
 /// Rows per multi-row INSERT, under both databases' bind-parameter limits.
@@ -220,10 +221,6 @@ pub struct Claim<'a> {
     pub tenant_id: Option<&'a str>,
 }
 
-/// How far back attempts a tenant started count against its share of a queue: the memory
-/// of the fair scheduler (see `docs/fairness.md`).
-pub const FAIR_WINDOW_MS: i64 = 60_000;
-
 /// A tenant with claimable work in a queue, and what it already has.
 #[derive(Debug, FromQueryResult)]
 struct Candidate {
@@ -264,46 +261,60 @@ fn stmt(backend: DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> Statement
 const BUSY: &str = "(SELECT COUNT(*) FROM attempts b WHERE b.tenant_id = t.id \
                      AND b.state IN ('leased', 'running') AND b.queue <> 'gantry:trigger')";
 
-/// The tenants with claimable work in the queue that are below their quota, fairest
-/// first: lowest share per unit of weight, then tenant id (deterministic).
-async fn candidates(
+/// The tenants with claimable work in the queue, with their quota use and recent share
+/// (unordered; `fair_order` decides).
+pub async fn contenders(
     db: &impl ConnectionTrait,
-    c: &Claim<'_>,
-) -> Result<Vec<Candidate>, StoreError> {
+    queue: &str,
+    now: i64,
+    only_tenant: Option<&str>,
+) -> Result<Vec<Contender>, StoreError> {
     let backend = db.get_database_backend();
-    let tenant: sea_orm::Value = c.tenant_id.map(str::to_owned).into();
+    let tenant: sea_orm::Value = only_tenant.map(str::to_owned).into();
+    // Each count walks an index range of one tenant, never the whole backlog: the claim
+    // runs inside the write lock, and a burst of thousands of queued attempts must not
+    // make every claim slower. Share = started within the window, plus those holding a
+    // worker that started before it (the same set as "leased or running, or started
+    // within the window").
     let sql = format!(
         "SELECT t.id AS tenant_id, t.weight AS weight, t.max_running AS max_running, \
          {BUSY} AS busy, \
          (SELECT COUNT(*) FROM attempts s WHERE s.tenant_id = t.id AND s.queue = ? \
-          AND (s.state IN ('leased', 'running') OR s.started_at >= ?)) AS share \
-         FROM tenants t WHERE t.id IN (SELECT DISTINCT a.tenant_id FROM attempts a \
-           WHERE a.queue = ? AND a.state = 'queued' AND a.scheduled_at <= ?) \
+          AND s.started_at >= ?) \
+         + (SELECT COUNT(*) FROM attempts r WHERE r.tenant_id = t.id \
+          AND r.state IN ('leased', 'running') AND r.queue = ? \
+          AND (r.started_at IS NULL OR r.started_at < ?)) AS share \
+         FROM tenants t WHERE EXISTS (SELECT 1 FROM attempts a WHERE a.tenant_id = t.id \
+           AND a.state = 'queued' AND a.queue = ? AND a.scheduled_at <= ?) \
          AND t.id = COALESCE(?, t.id)"
     );
     let values = vec![
-        c.queue.into(),
-        (c.now - FAIR_WINDOW_MS).into(),
-        c.queue.into(),
-        c.now.into(),
+        queue.into(),
+        (now - FAIR_WINDOW_MS).into(),
+        queue.into(),
+        (now - FAIR_WINDOW_MS).into(),
+        queue.into(),
+        now.into(),
         tenant,
     ];
-    let mut rows = Candidate::find_by_statement(stmt(backend, &sql, values))
+    let rows = Candidate::find_by_statement(stmt(backend, &sql, values))
         .all(db)
         .await?;
-    rows.retain(|r| r.busy < i64::from(r.max_running));
-    rows.sort_by(|a, b| {
-        // share_a / weight_a < share_b / weight_b, without division.
-        let lhs = i128::from(a.share) * i128::from(b.weight.max(1));
-        let rhs = i128::from(b.share) * i128::from(a.weight.max(1));
-        lhs.cmp(&rhs).then_with(|| a.tenant_id.cmp(&b.tenant_id))
-    });
-    Ok(rows)
+    Ok(rows
+        .into_iter()
+        .map(|r| Contender {
+            tenant_id: r.tenant_id,
+            weight: r.weight,
+            max_running: r.max_running,
+            busy: r.busy,
+            share: r.share,
+        })
+        .collect())
 }
 
 /// Claims the next queued attempt of a queue by compare-and-set `queued → leased`;
 /// exactly one caller wins each attempt. The tenant is chosen fairly (the candidate with
-/// the lowest recent share of the queue per unit of weight, see [`candidates`]), never one
+/// the lowest recent share of the queue per unit of weight, see [`contenders`]), never one
 /// at its `max_running`; within the tenant, highest priority, then oldest. When the
 /// fairest tenant has nothing left to claim the next one is tried (work-conserving).
 ///
@@ -317,7 +328,7 @@ pub async fn claim_attempt(
 ) -> Result<Option<attempt::Model>, StoreError> {
     let backend = db.get_database_backend();
     let mut first = true;
-    for cand in candidates(db, &c).await? {
+    for cand in fair_order(contenders(db, c.queue, c.now, c.tenant_id).await?) {
         if backend == DbBackend::Postgres {
             let lock = if first {
                 "SELECT id FROM tenants WHERE id = ? FOR UPDATE"
