@@ -459,7 +459,7 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     );
     for w in &args.workloads {
         if w == "burst" {
-            let b = burst(&node, &token, &args).await?;
+            let b = burst(node, &token, &args).await?;
             let secs = |d: Duration| d.as_secs_f64();
             let lost = b.accepted as u64 - b.succeeded.min(b.accepted as u64);
             let _ = writeln!(
