@@ -164,6 +164,12 @@ jobs:
       - run: echo started; sleep 120
 "#;
 
+const RELEASE_PIPELINE: &str = "name: release
+jobs:
+  publish:
+    trigger: { pipeline: ci, wait: false }
+";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_triggers_follows_logs_and_cancels_runs_live() {
     if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists() {
@@ -368,6 +374,36 @@ async fn run_scenario(driver: &Driver, backend: Backend) {
         .expect("open run");
     wait_for(&client, "[data-testid=dag-node]").await;
     shot(&client, &dir, "14-dag-other-theme").await;
+
+    // A trigger job links to the run it started, and that run back to its parent task.
+    let release = server
+        .create_pipeline("release", "/src/app", RELEASE_PIPELINE)
+        .await;
+    let parent_run = server.trigger(&release, "cafef00d").await;
+    client
+        .goto(&format!("{}/runs/{parent_run}", server.url))
+        .await
+        .expect("open parent run");
+    js_click(&client, "[data-testid=dag-node][data-name=publish]").await;
+    js_click(&client, "[data-testid=child-run] a").await;
+    let back = wait_for(&client, "[data-testid=parent-run]").await;
+    let text = back.text().await.expect("parent link text");
+    assert!(
+        text.contains("publish") && text.contains("release #1"),
+        "the child run names its parent task: {text:?}"
+    );
+    assert_ne!(
+        client.current_url().await.expect("url").path(),
+        format!("/runs/{parent_run}"),
+        "the child-run link opens the child run"
+    );
+    back.click().await.expect("follow the parent link");
+    wait_for(
+        &client,
+        &format!("[data-testid=run-view][data-run='{parent_run}']"),
+    )
+    .await;
+    shot(&client, &dir, "15-child-run").await;
 
     client.close().await.expect("close browser");
 }

@@ -23,6 +23,7 @@ pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
 const PIPELINE_FIELDS: &str = "id name provider repository";
 const RUN_FIELDS: &str = "id number state sha ref trigger createdAt startedAt finishedAt \
     pipeline { id name }";
+const RUN_LINK_FIELDS: &str = "id number state pipeline { id name }";
 const ATTEMPT_FIELDS: &str = "id index state errorKind errorMessage exitCode worker \
     scheduledAt startedAt finishedAt backoffMs logBytes";
 
@@ -74,11 +75,30 @@ pub struct RunSummary {
     pub pipeline: PipelineRef,
 }
 
+/// A run named from another run: the child of a trigger job, or the run of a parent task.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RunLink {
+    pub id: String,
+    pub number: i64,
+    pub state: String,
+    pub pipeline: PipelineRef,
+}
+
+/// The trigger job that started a run, in its own run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ParentTask {
+    pub id: String,
+    pub name: String,
+    pub run: RunLink,
+}
+
 /// A run with its tasks and their attempts.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct RunDetail {
     #[serde(flatten)]
     pub run: RunSummary,
+    #[serde(rename = "parentTask", default)]
+    pub parent_task: Option<ParentTask>,
     pub tasks: Vec<Task>,
 }
 
@@ -95,6 +115,9 @@ pub struct Task {
     pub max_attempts: i64,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// For a trigger job: the run it started.
+    #[serde(default)]
+    pub child_run: Option<RunLink>,
     pub attempts: Vec<Attempt>,
 }
 
@@ -258,8 +281,10 @@ pub async fn run(token: &str, id: &str) -> Result<RunDetail, ApiError> {
         run: RunDetail,
     }
     let query = format!(
-        "query Run($id: ID!) {{ run(id: $id) {{ {RUN_FIELDS} tasks {{ id name jobId state queue needs \
-         waitingReason maxAttempts startedAt finishedAt attempts {{ {ATTEMPT_FIELDS} }} }} }} }}"
+        "query Run($id: ID!) {{ run(id: $id) {{ {RUN_FIELDS} \
+         parentTask {{ id name run {{ {RUN_LINK_FIELDS} }} }} \
+         tasks {{ id name jobId state queue needs waitingReason maxAttempts startedAt finishedAt \
+         childRun {{ {RUN_LINK_FIELDS} }} attempts {{ {ATTEMPT_FIELDS} }} }} }} }}"
     );
     let data: Data = graphql(token, &query, json!({ "id": id })).await?;
     Ok(data.run)

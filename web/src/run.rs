@@ -206,6 +206,16 @@ pub fn RunView(id: String) -> impl IntoView {
                     <span class="muted">{r.git_ref.clone()}</span>
                     <code title=r.sha.clone()>{time::short(&r.sha).to_owned()}</code>
                     <span class="muted">{took}</span>
+                    {d.parent_task.clone().map(|p| {
+                        let target = Route::Run { id: p.run.id.clone(), task: Some(p.id.clone()) };
+                        let href = target.path();
+                        view! {
+                            <a class="muted" data-testid="parent-run" href=href on:click=move |ev: MouseEvent| {
+                                ev.prevent_default();
+                                router.go(target.clone());
+                            }>{format!("triggered by {} in {} #{}", p.name, p.run.pipeline.name, p.run.number)}</a>
+                        }
+                    })}
                 }
             })
         })
@@ -434,6 +444,21 @@ fn TaskPanel(
                 " · max attempts "{task.max_attempts}
             </p>
             {task.waiting_reason.clone().map(|r| view! { <p class="waiting" data-testid="waiting-reason">"Waiting: "{r}</p> })}
+            {task.child_run.clone().map(|c| {
+                let target = Route::Run { id: c.id.clone(), task: None };
+                let href = target.path();
+                let child_state = c.state.to_lowercase();
+                view! {
+                    <p data-testid="child-run">
+                        "Child run: "
+                        <a href=href on:click=move |ev: MouseEvent| {
+                            ev.prevent_default();
+                            router.go(target.clone());
+                        }>{format!("{} #{}", c.pipeline.name, c.number)}</a>
+                        " "<span class=format!("badge state-{child_state}")>{child_state.clone()}</span>
+                    </p>
+                }
+            })}
             {(!task.needs.is_empty()).then(|| view! { <p class="muted">"Needs: "{task.needs.join(", ")}</p> })}
             <div class="actions">
                 <Show when=move || retryable>
