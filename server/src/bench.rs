@@ -435,7 +435,6 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
         nodes.push(Node::start(config).await?);
     }
     let node = &nodes[0];
-    let token = admin_token.clone();
     let tenant = node.service.ensure_default_tenant().await?;
     let caller = Caller::system(
         tenant
@@ -459,7 +458,7 @@ pub async fn run(args: BenchArgs) -> Result<String, BenchError> {
     );
     for w in &args.workloads {
         if w == "burst" {
-            let b = burst(node, &token, &args).await?;
+            let b = burst(node, &admin_token, &args).await?;
             let secs = |d: Duration| d.as_secs_f64();
             let lost = b.accepted as u64 - b.succeeded.min(b.accepted as u64);
             let _ = writeln!(

@@ -22,11 +22,12 @@ use sea_orm::{
 use serde_json::json;
 use tracing::instrument;
 
-use super::planning::{attempt_event, task_event};
-use super::progress::{Effects, parse_state, run_event, run_facts};
+use super::planning::attempt_event;
+use super::progress::{Effects, parse_state};
 use super::runs::{ParentTask, TriggerInput, plan_run_in};
+use super::work::{attempt_started, task_and_run_of};
 use super::{Service, ServiceError};
-use crate::domain::{AttemptState, ErrorKind, RunState, TaskState, Transition};
+use crate::domain::{AttemptState, ErrorKind, RunState, Transition};
 use crate::events::LogRecord;
 use crate::pipeline::{PlannedTask, TRIGGER_QUEUE, TriggerSpec};
 use crate::store::entity::{attempt, log_chunk, pipeline, run, task};
@@ -101,41 +102,18 @@ impl Service {
             .one(db)
             .await?
             .ok_or_else(|| ServiceError::Internal("attempt vanished".into()))?;
-        let t = task::Entity::find_by_id(a.task_id.clone())
-            .one(db)
-            .await?
-            .ok_or_else(|| ServiceError::Internal("attempt without task".into()))?;
-        let r = run::Entity::find_by_id(a.run_id.clone())
-            .one(db)
-            .await?
-            .ok_or_else(|| ServiceError::Internal("attempt without run".into()))?;
+        let (t, r) = task_and_run_of(db, &a).await?;
         let mut fx = Effects::default();
-        let ev =
-            |tr: Transition| attempt_event(&a.tenant_id, &a.run_id, &a.task_id, &a.id, tr, None);
-        fx.events.push(ev(Transition::check(
-            AttemptState::Queued,
-            AttemptState::Leased,
+        attempt_started(
+            db,
+            &a,
+            &t,
+            &r,
             "taken by the server: trigger job",
-        )?));
-        fx.events.push(ev(Transition::check(
-            AttemptState::Leased,
-            AttemptState::Running,
-            "started",
-        )?));
-        let facts = run_facts(&r, now);
-        if repo::cas_task(db, &t.id, TaskState::Ready, TaskState::Running, now).await? {
-            fx.events.push(task_event(
-                &facts,
-                &t.id,
-                Transition::check(TaskState::Ready, TaskState::Running, "attempt started")?,
-            ));
-        }
-        if repo::cas_run(db, &r.id, RunState::Queued, RunState::Running, now).await? {
-            fx.events.push(run_event(
-                &r,
-                Transition::check(RunState::Queued, RunState::Running, "first task started")?,
-            ));
-        }
+            now,
+            &mut fx,
+        )
+        .await?;
         let spec: PlannedTask = serde_json::from_str(&t.spec)
             .map_err(|e| ServiceError::Internal(format!("corrupt task spec: {e}")))?;
         let Some(trigger) = spec.trigger else {

@@ -356,20 +356,7 @@ impl Service {
         let Some(a) = claimed else {
             return Ok(None);
         };
-        let t = task::Entity::find_by_id(a.task_id.clone())
-            .one(db)
-            .await?
-            .ok_or_else(|| ServiceError::Internal("attempt without task".into()))?;
-        let r = run::Entity::find_by_id(a.run_id.clone())
-            .one(db)
-            .await?
-            .ok_or_else(|| ServiceError::Internal("attempt without run".into()))?;
-        let ev = |t: Transition| attempt_event(&a.tenant_id, &a.run_id, &a.task_id, &a.id, t, None);
-        fx.events.push(ev(Transition::check(
-            AttemptState::Queued,
-            AttemptState::Leased,
-            "leased",
-        )?));
+        let (t, r) = task_and_run_of(db, &a).await?;
         let deadline = now + t.timeout_ms;
         repo::cas_attempt(
             db,
@@ -383,25 +370,7 @@ impl Service {
             },
         )
         .await?;
-        fx.events.push(ev(Transition::check(
-            AttemptState::Leased,
-            AttemptState::Running,
-            "started",
-        )?));
-        let facts = run_facts(&r, now);
-        if repo::cas_task(db, &t.id, TaskState::Ready, TaskState::Running, now).await? {
-            fx.events.push(task_event(
-                &facts,
-                &t.id,
-                Transition::check(TaskState::Ready, TaskState::Running, "attempt started")?,
-            ));
-        }
-        if repo::cas_run(db, &r.id, RunState::Queued, RunState::Running, now).await? {
-            fx.events.push(run_event(
-                &r,
-                Transition::check(RunState::Queued, RunState::Running, "first task started")?,
-            ));
-        }
+        attempt_started(db, &a, &t, &r, "leased", now, fx).await?;
         let attempt = attempt::Model {
             state: AttemptState::Running.as_str().to_owned(),
             started_at: Some(now),
@@ -731,6 +700,62 @@ impl Service {
     }
 }
 
+/// The task and run of an attempt, inside the caller's transaction.
+pub(crate) async fn task_and_run_of(
+    db: &impl ConnectionTrait,
+    a: &attempt::Model,
+) -> Result<(task::Model, run::Model), ServiceError> {
+    let t = task::Entity::find_by_id(a.task_id.clone())
+        .one(db)
+        .await?
+        .ok_or_else(|| ServiceError::Internal("attempt without task".into()))?;
+    let r = run::Entity::find_by_id(a.run_id.clone())
+        .one(db)
+        .await?
+        .ok_or_else(|| ServiceError::Internal("attempt without run".into()))?;
+    Ok((t, r))
+}
+
+/// The effects of an attempt that went `queued → leased → running` (the caller has
+/// written the attempt's row): its two events, and its task and run marked running if
+/// they were not yet. `taken` is the reason of the `leased` event.
+pub(crate) async fn attempt_started(
+    db: &impl ConnectionTrait,
+    a: &attempt::Model,
+    t: &task::Model,
+    r: &run::Model,
+    taken: &str,
+    now: i64,
+    fx: &mut Effects,
+) -> Result<(), ServiceError> {
+    let ev = |tr: Transition| attempt_event(&a.tenant_id, &a.run_id, &a.task_id, &a.id, tr, None);
+    fx.events.push(ev(Transition::check(
+        AttemptState::Queued,
+        AttemptState::Leased,
+        taken,
+    )?));
+    fx.events.push(ev(Transition::check(
+        AttemptState::Leased,
+        AttemptState::Running,
+        "started",
+    )?));
+    let facts = run_facts(r, now);
+    if repo::cas_task(db, &t.id, TaskState::Ready, TaskState::Running, now).await? {
+        fx.events.push(task_event(
+            &facts,
+            &t.id,
+            Transition::check(TaskState::Ready, TaskState::Running, "attempt started")?,
+        ));
+    }
+    if repo::cas_run(db, &r.id, RunState::Queued, RunState::Running, now).await? {
+        fx.events.push(run_event(
+            r,
+            Transition::check(RunState::Queued, RunState::Running, "first task started")?,
+        ));
+    }
+    Ok(())
+}
+
 /// What follows a finished attempt, in its transaction. Shared with the reconciler, which
 /// finishes attempts whose worker is gone, and with trigger jobs, which have no worker.
 pub(crate) async fn after_attempt(
@@ -741,14 +766,7 @@ pub(crate) async fn after_attempt(
     now: i64,
     fx: &mut Effects,
 ) -> Result<(), ServiceError> {
-    let t = task::Entity::find_by_id(a.task_id.clone())
-        .one(db)
-        .await?
-        .ok_or_else(|| ServiceError::Internal("attempt without task".into()))?;
-    let r = run::Entity::find_by_id(a.run_id.clone())
-        .one(db)
-        .await?
-        .ok_or_else(|| ServiceError::Internal("attempt without run".into()))?;
+    let (t, r) = task_and_run_of(db, a).await?;
     let task_state = parse_state::<TaskState>(&t.state)?;
     let facts = run_facts(&r, now);
     if task_state.is_terminal() {

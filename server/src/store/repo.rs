@@ -135,9 +135,10 @@ pub async fn decrement_pending(
         .ok_or_else(|| StoreError::Corrupt(format!("task {task_id} vanished")))
 }
 
-/// Lowers the count of unfinished upstream tasks of every task in `task_ids` by one (a
-/// task listed twice is lowered twice) and returns those that are now blocked on nothing:
-/// two statements, however many dependents a task has.
+/// Lowers the count of unfinished upstream tasks of every task in `task_ids` by one and
+/// returns those that are now blocked on nothing: two statements, however many dependents
+/// a task has. The ids are distinct: a task's dependents list holds each task once (the
+/// parser drops repeated needs).
 pub async fn decrement_pending_many(
     db: &impl ConnectionTrait,
     task_ids: &[String],
@@ -145,42 +146,24 @@ pub async fn decrement_pending_many(
     if task_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut distinct: Vec<&String> = task_ids.iter().collect();
-    distinct.sort();
-    distinct.dedup();
-    if distinct.len() == task_ids.len() {
-        task::Entity::update_many()
-            .col_expr(
-                task::Column::PendingDeps,
-                Expr::col(task::Column::PendingDeps).sub(1),
-            )
-            .filter(task::Column::Id.is_in(distinct.iter().map(|s| s.as_str())))
-            .exec(db)
-            .await?;
-    } else {
-        for id in task_ids {
-            task::Entity::update_many()
-                .col_expr(
-                    task::Column::PendingDeps,
-                    Expr::col(task::Column::PendingDeps).sub(1),
-                )
-                .filter(task::Column::Id.eq(id.as_str()))
-                .exec(db)
-                .await?;
-        }
-    }
+    let ids = || task_ids.iter().map(String::as_str);
+    task::Entity::update_many()
+        .col_expr(
+            task::Column::PendingDeps,
+            Expr::col(task::Column::PendingDeps).sub(1),
+        )
+        .filter(task::Column::Id.is_in(ids()))
+        .exec(db)
+        .await?;
     let mut ready = task::Entity::find()
-        .filter(task::Column::Id.is_in(distinct.iter().map(|s| s.as_str())))
+        .filter(task::Column::Id.is_in(ids()))
         .filter(task::Column::PendingDeps.eq(0))
         .filter(task::Column::State.eq(crate::domain::TaskState::Blocked.as_str()))
         .all(db)
         .await?;
     // Keep the order of the dependents list, so that events come out the same every time.
-    let order: std::collections::HashMap<&str, usize> = task_ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (id.as_str(), i))
-        .collect();
+    let order: std::collections::HashMap<&str, usize> =
+        ids().enumerate().map(|(i, id)| (id, i)).collect();
     ready.sort_by_key(|t| order.get(t.id.as_str()).copied().unwrap_or(usize::MAX));
     Ok(ready)
 }
