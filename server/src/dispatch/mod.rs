@@ -166,9 +166,8 @@ impl WorkerLink for ServiceLink {
             },
         };
         self.service
-            .complete_attempt(&self.caller, attempt_id, lease_token, outcome, pieces(last))
+            .report_completion(&self.caller, attempt_id, lease_token, outcome, pieces(last))
             .await
-            .map(|_| ())
             .map_err(link_error)
     }
 }

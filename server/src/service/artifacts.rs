@@ -4,7 +4,9 @@
 //! Blobs are content-addressed (`artifacts::BlobStore`); a row of `artifacts` gives one a
 //! name in a task. A cache hit links the rows of the task it reuses, never copies a blob.
 
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+};
 use tracing::instrument;
 
 use super::auth::Scope;
@@ -194,19 +196,31 @@ impl Service {
         if needs.is_empty() {
             return Ok(Vec::new());
         }
-        let upstream = task::Entity::find()
+        // Two statements whatever the fan-in: a job of a wide diamond needs dozens of
+        // tasks, and one query per upstream task would cost more than its step.
+        let upstream: Vec<(String, String)> = task::Entity::find()
+            .select_only()
+            .column(task::Column::Id)
+            .column(task::Column::Name)
             .filter(task::Column::RunId.eq(t.run_id.clone()))
             .filter(task::Column::Name.is_in(needs.clone()))
+            .into_tuple()
             .all(db)
             .await?;
-        let mut out = Vec::new();
+        let ids: Vec<&String> = upstream.iter().map(|(id, _)| id).collect();
+        let mut arts = artifact::Entity::find()
+            .filter(artifact::Column::TaskId.is_in(ids))
+            .order_by_asc(artifact::Column::Name)
+            .all(db)
+            .await?;
+        let mut out = Vec::with_capacity(arts.len());
         for name in &needs {
-            let Some(u) = upstream.iter().find(|u| &u.name == name) else {
+            let Some((id, _)) = upstream.iter().find(|(_, n)| n == name) else {
                 continue;
             };
-            for art in self.artifacts_of_task(&u.id).await? {
-                out.push((u.name.clone(), art));
-            }
+            let (mine, rest): (Vec<_>, Vec<_>) = arts.into_iter().partition(|a| &a.task_id == id);
+            arts = rest;
+            out.extend(mine.into_iter().map(|a| (name.clone(), a)));
         }
         Ok(out)
     }

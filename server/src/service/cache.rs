@@ -14,9 +14,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::{Expr, OnConflict, SimpleExpr, SubQueryStatement};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait,
 };
 use serde_json::json;
 use tracing::instrument;
@@ -416,18 +417,25 @@ pub(crate) async fn task_settled(
     if to == TaskState::Succeeded {
         // Only the succeeding attempt's artifacts are the task's: an earlier attempt that
         // uploaded and then lost its lease leaves rows that must not be handed on.
+        // One statement: without a succeeded attempt the comparison is NULL and
+        // nothing is deleted.
         let winner = attempt::Entity::find()
+            .select_only()
+            .column(attempt::Column::Id)
             .filter(attempt::Column::TaskId.eq(t.id.clone()))
             .filter(attempt::Column::State.eq(AttemptState::Succeeded.as_str()))
-            .one(db)
+            .limit(1)
+            .into_query();
+        artifact::Entity::delete_many()
+            .filter(artifact::Column::TaskId.eq(t.id.clone()))
+            .filter(
+                Expr::col(artifact::Column::AttemptId).ne(SimpleExpr::SubQuery(
+                    None,
+                    Box::new(SubQueryStatement::SelectStatement(winner)),
+                )),
+            )
+            .exec(db)
             .await?;
-        if let Some(w) = winner {
-            artifact::Entity::delete_many()
-                .filter(artifact::Column::TaskId.eq(t.id.clone()))
-                .filter(artifact::Column::AttemptId.ne(w.id))
-                .exec(db)
-                .await?;
-        }
     }
     let Some(key) = &t.cache_key else {
         return Ok(());

@@ -117,6 +117,7 @@ struct Inner {
     blobs: std::sync::OnceLock<crate::artifacts::BlobStore>,
     completions: group_commit::GroupCommit<work::Completion>,
     leases: group_commit::GroupCommit<work::LeaseRequest>,
+    touches: reconcile::Touches,
 }
 
 impl Service {
@@ -141,6 +142,7 @@ impl Service {
                 blobs: std::sync::OnceLock::new(),
                 completions: group_commit::GroupCommit::default(),
                 leases: group_commit::GroupCommit::default(),
+                touches: reconcile::Touches::default(),
             }),
         }
     }
@@ -167,6 +169,10 @@ impl Service {
 
     pub(crate) fn leases(&self) -> &group_commit::GroupCommit<work::LeaseRequest> {
         &self.inner.leases
+    }
+
+    pub(crate) fn touches(&self) -> &reconcile::Touches {
+        &self.inner.touches
     }
 
     pub fn config(&self) -> &ServiceConfig {

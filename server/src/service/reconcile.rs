@@ -80,19 +80,27 @@ impl Service {
         Ok(())
     }
 
-    /// Records that a worker is alive, and what it is doing when that changed.
+    /// Records that a worker is alive, and what it is doing when that changed. A worker
+    /// that leases many short attempts in a row calls this for each: the row is written
+    /// when its state changes or its last write is [`TOUCH_EVERY_MS`] old, far inside
+    /// the time after which a silent worker counts as lost.
     pub(crate) async fn touch_worker(
         &self,
         worker_id: &str,
         state: Option<&str>,
     ) -> Result<(), ServiceError> {
+        let now = self.now_ms();
+        if self.touches().is_fresh(worker_id, state, now) {
+            return Ok(());
+        }
         let mut update = worker::Entity::update_many()
-            .col_expr(worker::Column::LastHeartbeatAt, Expr::value(self.now_ms()))
+            .col_expr(worker::Column::LastHeartbeatAt, Expr::value(now))
             .filter(worker::Column::Id.eq(worker_id));
         if let Some(state) = state {
             update = update.col_expr(worker::Column::State, Expr::value(state));
         }
         update.exec(self.store().db()).await?;
+        self.touches().written(worker_id, state, now);
         Ok(())
     }
 
@@ -227,5 +235,43 @@ impl Service {
         fx.cancel_attempts.push(a.id.clone());
         self.commit(wtx, now, fx).await?;
         Ok(true)
+    }
+}
+
+/// How stale a worker's `last_heartbeat_at` may be before a touch writes it again.
+pub(crate) const TOUCH_EVERY_MS: i64 = 1_000;
+
+/// The last write of each worker's liveness made by this node.
+#[derive(Default)]
+pub(crate) struct Touches(std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>);
+
+impl Touches {
+    /// Whether a touch at `now` (with `state`, if given) would write nothing new.
+    fn is_fresh(&self, worker_id: &str, state: Option<&str>, now: i64) -> bool {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(worker_id).is_some_and(|(known, at)| {
+            (0..TOUCH_EVERY_MS).contains(&(now - at)) && state.is_none_or(|s| s == known)
+        })
+    }
+
+    fn written(&self, worker_id: &str, state: Option<&str>, now: i64) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= 10_000 {
+            // Workers come and go (agents re-register); forgetting only costs a write.
+            map.clear();
+        }
+        match (map.get_mut(worker_id), state) {
+            (Some(entry), s) => {
+                if let Some(s) = s {
+                    entry.0 = s.to_owned();
+                }
+                entry.1 = now;
+            }
+            (None, Some(s)) => {
+                map.insert(worker_id.to_owned(), (s.to_owned(), now));
+            }
+            // State unknown: nothing to compare the next touch with.
+            (None, None) => {}
+        }
     }
 }

@@ -357,28 +357,9 @@ impl Service {
             return Ok(None);
         };
         let (t, r) = task_and_run_of(db, &a).await?;
-        let deadline = now + t.timeout_ms;
-        repo::cas_attempt(
-            db,
-            &a.id,
-            Some(&token),
-            &[AttemptState::Leased],
-            AttemptState::Running,
-            |u| {
-                u.col_expr(attempt::Column::StartedAt, Expr::value(now))
-                    .col_expr(attempt::Column::DeadlineAt, Expr::value(deadline))
-            },
-        )
-        .await?;
         attempt_started(db, &a, &t, &r, "leased", now, fx).await?;
-        let attempt = attempt::Model {
-            state: AttemptState::Running.as_str().to_owned(),
-            started_at: Some(now),
-            deadline_at: Some(deadline),
-            ..a
-        };
         Ok(Some(Claimed {
-            attempt,
+            attempt: a,
             task: t,
             run: r,
             lease_token: token,
@@ -457,6 +438,28 @@ impl Service {
         if !live || (lease_token.is_some() && a.lease_token.as_deref() != lease_token) {
             return Err(stale());
         }
+        let (rows, written, offset) = self.log_rows(&a, pieces);
+        if rows.is_empty() {
+            return Ok((offset, written));
+        }
+        log_chunk::Entity::insert_many(rows)
+            .exec_without_returning(db)
+            .await?;
+        attempt::Entity::update_many()
+            .col_expr(attempt::Column::LogBytes, Expr::value(offset))
+            .filter(attempt::Column::Id.eq(attempt_id))
+            .exec(db)
+            .await?;
+        Ok((offset, written))
+    }
+
+    /// The rows that append `pieces` to the log of `a` (within the log's limits), what
+    /// they announce, and the log's length after them.
+    fn log_rows(
+        &self,
+        a: &attempt::Model,
+        pieces: Vec<LogPiece>,
+    ) -> (Vec<log_chunk::ActiveModel>, Vec<LogRecord>, i64) {
         let now = self.now_ms();
         let limit = self.config().max_log_bytes_per_attempt;
         let line_limit = self.config().max_log_line_bytes;
@@ -478,32 +481,21 @@ impl Service {
             }
             rows.push(log_chunk::ActiveModel {
                 id: sea_orm::NotSet,
-                attempt_id: Set(attempt_id.to_owned()),
+                attempt_id: Set(a.id.clone()),
                 byte_offset: Set(offset),
                 stream: Set(p.stream.clone()),
                 data: Set(data.clone()),
                 created_at: Set(now),
             });
-            written.push(LogRecord {
-                attempt_id: attempt_id.to_owned(),
-                offset,
-                stream: p.stream,
-                data: data.clone(),
-            });
             offset += data.len() as i64;
+            written.push(LogRecord {
+                attempt_id: a.id.clone(),
+                offset: offset - data.len() as i64,
+                stream: p.stream,
+                data,
+            });
         }
-        if rows.is_empty() {
-            return Ok((offset, written));
-        }
-        log_chunk::Entity::insert_many(rows)
-            .exec_without_returning(db)
-            .await?;
-        attempt::Entity::update_many()
-            .col_expr(attempt::Column::LogBytes, Expr::value(offset))
-            .filter(attempt::Column::Id.eq(attempt_id))
-            .exec(db)
-            .await?;
-        Ok((offset, written))
+        (rows, written, offset)
     }
 
     /// Records how an attempt ended, with its last output, and decides what follows: the
@@ -523,6 +515,37 @@ impl Service {
     ) -> Result<attempt::Model, ServiceError> {
         caller.require(Scope::Agent)?;
         self.visible_attempt(caller, attempt_id).await?;
+        self.submit_completion(attempt_id, lease_token, outcome, last_log)
+            .await?;
+        attempt::Entity::find_by_id(attempt_id.to_owned())
+            .one(self.store().db())
+            .await?
+            .ok_or_else(stale)
+    }
+
+    /// `complete_attempt` for a worker of this node, which needs no answer but success:
+    /// an unknown attempt is refused as stale, like one decided without it. The caller
+    /// must see every tenant, as the in-process pool does.
+    pub(crate) async fn report_completion(
+        &self,
+        caller: &Caller,
+        attempt_id: &str,
+        lease_token: &str,
+        outcome: AttemptOutcome,
+        last_log: Vec<LogPiece>,
+    ) -> Result<(), ServiceError> {
+        caller.require(Scope::Admin)?;
+        self.submit_completion(attempt_id, lease_token, outcome, last_log)
+            .await
+    }
+
+    async fn submit_completion(
+        &self,
+        attempt_id: &str,
+        lease_token: &str,
+        outcome: AttemptOutcome,
+        last_log: Vec<LogPiece>,
+    ) -> Result<(), ServiceError> {
         self.completions()
             .submit(
                 self,
@@ -533,11 +556,7 @@ impl Service {
                     last_log,
                 },
             )
-            .await?;
-        attempt::Entity::find_by_id(attempt_id.to_owned())
-            .one(self.store().db())
-            .await?
-            .ok_or_else(stale)
+            .await
     }
 
     /// Applies one reported completion inside the caller's write transaction, adding
@@ -561,13 +580,13 @@ impl Service {
         {
             return Err(stale());
         }
-        let written = if c.last_log.is_empty() {
-            Vec::new()
-        } else {
-            self.append_log_in(db, attempt_id, Some(lease_token), c.last_log.clone())
-                .await?
-                .1
-        };
+        // The last output goes in with the end, its length in the same update.
+        let (rows, written, log_bytes) = self.log_rows(&a, c.last_log.clone());
+        if !rows.is_empty() {
+            log_chunk::Entity::insert_many(rows)
+                .exec_without_returning(db)
+                .await?;
+        }
         let (to, kind, exit_code, message) = match &c.outcome {
             AttemptOutcome::Succeeded => (AttemptState::Succeeded, None, Some(0), None),
             AttemptOutcome::Failed {
@@ -589,6 +608,7 @@ impl Service {
         let transition = Transition::check(from, to, "reported by worker")?;
         let won = repo::cas_attempt(db, &a.id, Some(lease_token), &[from], to, |u| {
             u.col_expr(attempt::Column::FinishedAt, Expr::value(now))
+                .col_expr(attempt::Column::LogBytes, Expr::value(log_bytes))
                 .col_expr(attempt::Column::ExitCode, Expr::value(exit_code))
                 .col_expr(
                     attempt::Column::ErrorKind,
@@ -700,19 +720,23 @@ impl Service {
     }
 }
 
-/// The task and run of an attempt, inside the caller's transaction.
+/// The task and run of an attempt, inside the caller's transaction (one statement).
 pub(crate) async fn task_and_run_of(
     db: &impl ConnectionTrait,
     a: &attempt::Model,
 ) -> Result<(task::Model, run::Model), ServiceError> {
-    let t = task::Entity::find_by_id(a.task_id.clone())
+    use sea_orm::{JoinType, QuerySelect};
+    let of_run = task::Entity::belongs_to(run::Entity)
+        .from(task::Column::RunId)
+        .to(run::Column::Id)
+        .into();
+    let (t, r) = task::Entity::find_by_id(a.task_id.clone())
+        .select_also(run::Entity)
+        .join(JoinType::InnerJoin, of_run)
         .one(db)
         .await?
         .ok_or_else(|| ServiceError::Internal("attempt without task".into()))?;
-    let r = run::Entity::find_by_id(a.run_id.clone())
-        .one(db)
-        .await?
-        .ok_or_else(|| ServiceError::Internal("attempt without run".into()))?;
+    let r = r.ok_or_else(|| ServiceError::Internal("attempt without run".into()))?;
     Ok((t, r))
 }
 
@@ -747,7 +771,10 @@ pub(crate) async fn attempt_started(
             Transition::check(TaskState::Ready, TaskState::Running, "attempt started")?,
         ));
     }
-    if repo::cas_run(db, &r.id, RunState::Queued, RunState::Running, now).await? {
+    // Only a run's first start moves it; a run read as started cannot be queued again.
+    if r.state == RunState::Queued.as_str()
+        && repo::cas_run(db, &r.id, RunState::Queued, RunState::Running, now).await?
+    {
         fx.events.push(run_event(
             r,
             Transition::check(RunState::Queued, RunState::Running, "first task started")?,

@@ -146,24 +146,24 @@ pub async fn decrement_pending_many(
     if task_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let ids = || task_ids.iter().map(String::as_str);
-    task::Entity::update_many()
-        .col_expr(
-            task::Column::PendingDeps,
-            Expr::col(task::Column::PendingDeps).sub(1),
-        )
-        .filter(task::Column::Id.is_in(ids()))
-        .exec(db)
-        .await?;
-    let mut ready = task::Entity::find()
-        .filter(task::Column::Id.is_in(ids()))
-        .filter(task::Column::PendingDeps.eq(0))
-        .filter(task::Column::State.eq(crate::domain::TaskState::Blocked.as_str()))
+    let backend = db.get_database_backend();
+    let marks = vec!["?"; task_ids.len()].join(", ");
+    let sql = format!(
+        "UPDATE tasks SET pending_deps = pending_deps - 1 WHERE id IN ({marks}) RETURNING *"
+    );
+    let values = task_ids.iter().map(|id| id.as_str().into()).collect();
+    let mut ready: Vec<task::Model> = task::Model::find_by_statement(stmt(backend, &sql, values))
         .all(db)
-        .await?;
+        .await?
+        .into_iter()
+        .filter(|t| t.pending_deps == 0 && t.state == crate::domain::TaskState::Blocked.as_str())
+        .collect();
     // Keep the order of the dependents list, so that events come out the same every time.
-    let order: std::collections::HashMap<&str, usize> =
-        ids().enumerate().map(|(i, id)| (id, i)).collect();
+    let order: std::collections::HashMap<&str, usize> = task_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
     ready.sort_by_key(|t| order.get(t.id.as_str()).copied().unwrap_or(usize::MAX));
     Ok(ready)
 }
@@ -175,19 +175,11 @@ pub async fn count_finished(
     finished: i32,
     failed: i32,
 ) -> Result<run::Model, StoreError> {
-    run::Entity::update_many()
-        .col_expr(
-            run::Column::TasksRemaining,
-            Expr::col(run::Column::TasksRemaining).sub(finished),
-        )
-        .col_expr(
-            run::Column::TasksFailed,
-            Expr::col(run::Column::TasksFailed).add(failed),
-        )
-        .filter(run::Column::Id.eq(run_id))
-        .exec(db)
-        .await?;
-    run::Entity::find_by_id(run_id.to_owned())
+    let backend = db.get_database_backend();
+    let sql = "UPDATE runs SET tasks_remaining = tasks_remaining - ?, \
+               tasks_failed = tasks_failed + ? WHERE id = ? RETURNING *";
+    let values = vec![finished.into(), failed.into(), run_id.into()];
+    run::Model::find_by_statement(stmt(backend, sql, values))
         .one(db)
         .await?
         .ok_or_else(|| StoreError::Corrupt(format!("run {run_id} vanished")))
@@ -295,8 +287,9 @@ pub async fn contenders(
         .collect())
 }
 
-/// Claims the next queued attempt of a queue by compare-and-set `queued → leased`;
-/// exactly one caller wins each attempt. The tenant is chosen fairly (the candidate with
+/// Claims the next queued attempt of a queue by compare-and-set `queued → leased`, and
+/// starts it (`running`, with its deadline) in the same statement; exactly one caller
+/// wins each attempt. The tenant is chosen fairly (the candidate with
 /// the lowest recent share of the queue per unit of weight, see [`contenders`]), never one
 /// at its `max_running`; within the tenant, highest priority, then oldest. When the
 /// fairest tenant has nothing left to claim the next one is tried (work-conserving).
@@ -347,9 +340,11 @@ pub async fn claim_attempt(
             // atomic.
             ""
         };
+        // Leased and started in one statement: the deadline counts from now.
         let sql = format!(
-            "UPDATE attempts SET state = 'leased', worker_id = ?, lease_token = ?, \
-             lease_expires_at = ?, heartbeat_at = ? \
+            "UPDATE attempts SET state = 'running', worker_id = ?, lease_token = ?, \
+             lease_expires_at = ?, heartbeat_at = ?, started_at = ?, \
+             deadline_at = ? + (SELECT t.timeout_ms FROM tasks t WHERE t.id = attempts.task_id) \
              WHERE id = (SELECT id FROM attempts WHERE queue = ? AND state = 'queued' \
                          AND scheduled_at <= ? AND tenant_id = ? \
                          ORDER BY priority DESC, scheduled_at, id LIMIT 1{lock_rows}) \
@@ -359,6 +354,8 @@ pub async fn claim_attempt(
             c.worker_id.into(),
             c.lease_token.into(),
             c.lease_expires_at.into(),
+            c.now.into(),
+            c.now.into(),
             c.now.into(),
             c.queue.into(),
             c.now.into(),
