@@ -260,4 +260,21 @@ impl Subscription {
         };
         tokio::time::timeout(within, read).await.ok()
     }
+
+    /// The text of the next message, unparsed, or None when the socket closed or nothing
+    /// came within `within`. For a benchmark client, whose decoding shares the machine's
+    /// cores with the server it measures.
+    pub async fn next_text(&mut self, within: Duration) -> Option<String> {
+        let read = async {
+            while let Some(msg) = self.ws.next().await {
+                match msg {
+                    Ok(Message::Text(text)) => return Some(text.to_string()),
+                    Ok(_) => continue,
+                    Err(_) => return None,
+                }
+            }
+            None
+        };
+        tokio::time::timeout(within, read).await.ok().flatten()
+    }
 }

@@ -12,9 +12,8 @@ pub mod artifacts;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use async_graphql::Data;
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -26,6 +25,7 @@ use tracing::Instrument;
 
 mod security;
 mod sse;
+mod ws;
 
 use crate::graphql::{Auth, AuthFailure, GantrySchema};
 use crate::service::{Service, ServiceError};
@@ -148,9 +148,16 @@ async fn graphql_post(
 
 async fn graphql_ws(
     State(app): State<AppState>,
-    protocol: GraphQLProtocol,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let Some(protocol) = ws::protocol(&headers) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Protocol must name graphql-transport-ws or graphql-ws",
+        )
+            .into_response();
+    };
     let max_message = app.service.config().max_ws_message_bytes;
     // Small buffers: most connections are idle subscriptions, and the 128 KiB default
     // read buffer would dominate their memory; buffers still grow for large messages.
@@ -160,29 +167,8 @@ async fn graphql_ws(
         .read_buffer_size(WS_BUFFER_BYTES)
         .write_buffer_size(WS_BUFFER_BYTES)
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |stream| {
-            let service = app.service.clone();
-            GraphQLWebSocket::new(stream, app.schema.clone(), protocol)
-                .on_connection_init(move |payload| async move {
-                    let header = payload
-                        .get("Authorization")
-                        .or_else(|| payload.get("authorization"))
-                        .and_then(|v| v.as_str())
-                        .map(str::to_owned);
-                    let auth = authenticate(&service, bearer(header.as_deref())).await;
-                    let mut data = Data::default();
-                    // Each token holds a bounded number of connections; the slot is
-                    // freed when the connection (and its data) is dropped.
-                    if let Ok(caller) = &auth.0 {
-                        let guard = service
-                            .open_ws_connection(caller)
-                            .map_err(crate::graphql::gql_error)?;
-                        data.insert(guard);
-                    }
-                    data.insert(auth);
-                    Ok(data)
-                })
-                .serve()
+        .on_upgrade(move |socket| {
+            ws::serve(socket, app.schema.clone(), app.service.clone(), protocol)
         })
 }
 
