@@ -113,8 +113,11 @@ impl Store {
                 Durability::Normal => SqliteSynchronous::Normal,
                 Durability::Full => SqliteSynchronous::Full,
             };
+            // A connection to a local file does not go stale: no ping before each use
+            // (a round trip to the connection's thread per query otherwise).
             opts.max_connections(8)
                 .min_connections(1)
+                .test_before_acquire(false)
                 .map_sqlx_sqlite_opts(move |o| {
                     o.journal_mode(SqliteJournalMode::Wal)
                         .synchronous(sync)
