@@ -268,7 +268,7 @@ async fn worker(
     loop {
         let leased = tokio::select! {
             _ = shutdown.cancelled() => return,
-            l = service.lease_attempt(&caller, &registered.id, &config.queues, Duration::from_secs(30)) => l,
+            l = service.lease_for_worker(&caller, &registered, &config.queues, Duration::from_secs(30)) => l,
         };
         let leased = match leased {
             Ok(Some(l)) => l,

@@ -5,7 +5,8 @@
 //! name in a task. A cache hit links the rows of the task it reuses, never copies a blob.
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, DbErr, EntityTrait, FromQueryResult, JoinType, QueryFilter,
+    QueryOrder, QueryResult, QuerySelect, Set,
 };
 use tracing::instrument;
 
@@ -17,6 +18,21 @@ use crate::store::entity::{artifact, attempt, task};
 
 /// An artifact as stored.
 pub type UploadedArtifact = artifact::Model;
+
+/// An artifact with the name of the task that made it.
+struct WithUpstream {
+    artifact: artifact::Model,
+    upstream: String,
+}
+
+impl FromQueryResult for WithUpstream {
+    fn from_query_result(row: &QueryResult, pre: &str) -> Result<Self, DbErr> {
+        Ok(WithUpstream {
+            artifact: artifact::Model::from_query_result(row, pre)?,
+            upstream: row.try_get(pre, "upstream")?,
+        })
+    }
+}
 
 /// Longest artifact name (a path relative to the workspace).
 const MAX_NAME: usize = 1024;
@@ -196,31 +212,31 @@ impl Service {
         if needs.is_empty() {
             return Ok(Vec::new());
         }
-        // Two statements whatever the fan-in: a job of a wide diamond needs dozens of
-        // tasks, and one query per upstream task would cost more than its step.
-        let upstream: Vec<(String, String)> = task::Entity::find()
-            .select_only()
-            .column(task::Column::Id)
-            .column(task::Column::Name)
+        // One query whatever the fan-in: a job of a wide diamond needs dozens of tasks.
+        let made_by = artifact::Entity::belongs_to(task::Entity)
+            .from(artifact::Column::TaskId)
+            .to(task::Column::Id)
+            .into();
+        let found: Vec<(artifact::Model, String)> = artifact::Entity::find()
+            .join(JoinType::InnerJoin, made_by)
             .filter(task::Column::RunId.eq(t.run_id.clone()))
             .filter(task::Column::Name.is_in(needs.clone()))
-            .into_tuple()
-            .all(db)
-            .await?;
-        let ids: Vec<&String> = upstream.iter().map(|(id, _)| id).collect();
-        let mut arts = artifact::Entity::find()
-            .filter(artifact::Column::TaskId.is_in(ids))
             .order_by_asc(artifact::Column::Name)
+            .column_as(task::Column::Name, "upstream")
+            .into_model::<WithUpstream>()
             .all(db)
-            .await?;
-        let mut out = Vec::with_capacity(arts.len());
+            .await?
+            .into_iter()
+            .map(|w| (w.artifact, w.upstream))
+            .collect();
+        let mut out = Vec::with_capacity(found.len());
         for name in &needs {
-            let Some((id, _)) = upstream.iter().find(|(_, n)| n == name) else {
-                continue;
-            };
-            let (mine, rest): (Vec<_>, Vec<_>) = arts.into_iter().partition(|a| &a.task_id == id);
-            arts = rest;
-            out.extend(mine.into_iter().map(|a| (name.clone(), a)));
+            out.extend(
+                found
+                    .iter()
+                    .filter(|(_, upstream)| upstream == name)
+                    .map(|(art, _)| (name.clone(), art.clone())),
+            );
         }
         Ok(out)
     }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::ServiceError;
 use super::planning::{NewAttempt, RunFacts, attempt_event, readiness, task_event};
@@ -111,18 +111,24 @@ async fn should_start(
 ) -> Result<bool, ServiceError> {
     let needs: Vec<String> = serde_json::from_str(&t.needs)
         .map_err(|e| ServiceError::Internal(format!("corrupt needs: {e}")))?;
-    let upstream = if needs.is_empty() {
+    // Only the two columns the condition reads: a task of a wide layer has dozens of
+    // upstream tasks, each with its whole spec.
+    let upstream: Vec<(String, bool)> = if needs.is_empty() {
         Vec::new()
     } else {
         task::Entity::find()
+            .select_only()
+            .column(task::Column::State)
+            .column(task::Column::ContinueOnError)
             .filter(task::Column::RunId.eq(run.id.clone()))
             .filter(task::Column::Name.is_in(needs))
+            .into_tuple()
             .all(db)
             .await?
     };
     let states = upstream
         .iter()
-        .map(|u| Ok((parse_state::<TaskState>(&u.state)?, u.continue_on_error)))
+        .map(|(state, coe)| Ok((parse_state::<TaskState>(state)?, *coe)))
         .collect::<Result<Vec<_>, ServiceError>>()?;
     let vars: BTreeMap<String, String> = serde_json::from_str::<serde_json::Value>(&t.spec)
         .ok()

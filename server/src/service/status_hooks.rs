@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use sha2::Sha256;
 use tokio::sync::broadcast::error::RecvError;
@@ -100,7 +100,22 @@ struct NotifyLists {
 /// Pipelines remembered at most; beyond it the memory starts over.
 const NOTIFY_LISTS_KEPT: usize = 1024;
 
+/// Runs joined to their pipeline.
+fn run_pipeline() -> sea_orm::RelationDef {
+    run::Entity::belongs_to(pipeline::Entity)
+        .from(run::Column::PipelineId)
+        .to(pipeline::Column::Id)
+        .into()
+}
+
 impl NotifyLists {
+    /// Whether this version of the pipeline is known to notify no one.
+    fn known_empty(&self, pipeline_id: &str, updated_at: i64) -> bool {
+        self.parsed
+            .get(pipeline_id)
+            .is_some_and(|(version, list)| *version == updated_at && list.is_empty())
+    }
+
     fn of(&mut self, p: &pipeline::Model) -> Arc<Vec<NotifySpec>> {
         if let Some((version, list)) = self.parsed.get(&p.id)
             && *version == p.updated_at
@@ -166,6 +181,21 @@ impl Service {
         config: &WebhookConfig,
         lists: &mut NotifyLists,
     ) -> Result<(), ServiceError> {
+        // Most pipelines notify no one: their version is all that needs reading, not the
+        // run and the whole file, at every task event.
+        let version: Option<(String, i64)> = run::Entity::find_by_id(e.run_id.clone())
+            .select_only()
+            .column(pipeline::Column::Id)
+            .column(pipeline::Column::UpdatedAt)
+            .join(JoinType::InnerJoin, run_pipeline())
+            .into_tuple()
+            .one(self.store().db())
+            .await?;
+        match version {
+            None => return Ok(()),
+            Some((id, at)) if lists.known_empty(&id, at) => return Ok(()),
+            Some(_) => {}
+        }
         let Some(r) = run::Entity::find_by_id(e.run_id.clone())
             .one(self.store().db())
             .await?

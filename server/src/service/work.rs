@@ -239,6 +239,19 @@ impl Service {
     ) -> Result<Option<LeasedAttempt>, ServiceError> {
         caller.require(Scope::Agent)?;
         let worker = self.worker_of(caller, worker_id).await?;
+        self.lease_for_worker(caller, &worker, queues, wait).await
+    }
+
+    /// `lease_attempt` for a worker the caller registered and holds (the in-process
+    /// pool): no lookup of the worker's row at each lease.
+    pub(crate) async fn lease_for_worker(
+        &self,
+        caller: &Caller,
+        worker: &worker::Model,
+        queues: &[String],
+        wait: Duration,
+    ) -> Result<Option<LeasedAttempt>, ServiceError> {
+        caller.require(Scope::Agent)?;
         let queues: Vec<String> = if queues.is_empty() {
             serde_json::from_str(&worker.queues).unwrap_or_default()
         } else {

@@ -148,16 +148,28 @@ pub async fn decrement_pending_many(
     }
     let backend = db.get_database_backend();
     let marks = vec!["?"; task_ids.len()].join(", ");
+    // Only the counters come back: a wide layer counts down dozens of tasks per finish,
+    // and few of them become ready.
     let sql = format!(
-        "UPDATE tasks SET pending_deps = pending_deps - 1 WHERE id IN ({marks}) RETURNING *"
+        "UPDATE tasks SET pending_deps = pending_deps - 1 WHERE id IN ({marks}) \
+         RETURNING id, pending_deps, state"
     );
     let values = task_ids.iter().map(|id| id.as_str().into()).collect();
-    let mut ready: Vec<task::Model> = task::Model::find_by_statement(stmt(backend, &sql, values))
+    let mut now_ready = Vec::new();
+    for row in db.query_all(stmt(backend, &sql, values)).await? {
+        let pending: i32 = row.try_get("", "pending_deps")?;
+        let state: String = row.try_get("", "state")?;
+        if pending == 0 && state == crate::domain::TaskState::Blocked.as_str() {
+            now_ready.push(row.try_get::<String>("", "id")?);
+        }
+    }
+    if now_ready.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ready = task::Entity::find()
+        .filter(task::Column::Id.is_in(now_ready))
         .all(db)
-        .await?
-        .into_iter()
-        .filter(|t| t.pending_deps == 0 && t.state == crate::domain::TaskState::Blocked.as_str())
-        .collect();
+        .await?;
     // Keep the order of the dependents list, so that events come out the same every time.
     let order: std::collections::HashMap<&str, usize> = task_ids
         .iter()
