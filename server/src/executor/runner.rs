@@ -238,6 +238,7 @@ pub async fn run_job<L: WorkerLink + ?Sized>(
     handback: CancellationToken,
 ) -> Result<Report, LinkError> {
     let mut spec = exec_spec(&job, cfg);
+    let transfers = !job.spec.needs.is_empty() || !spec.artifacts.is_empty();
     let inputs_dir = cfg
         .workspace_root
         .join(format!("{}.inputs", job.attempt_id));
@@ -266,11 +267,21 @@ pub async fn run_job<L: WorkerLink + ?Sized>(
                 .map(|()| r)
         }
     };
-    for dir in [inputs_dir, outputs_dir] {
-        if tokio::fs::metadata(&dir).await.is_ok()
-            && let Err(e) = tokio::fs::remove_dir_all(&dir).await
-        {
-            tracing::warn!(path = %dir.display(), error = %e, "could not remove a transfer directory");
+    // Only a job that receives or keeps artifacts has transfer directories: the others
+    // skip a round trip to the blocking pool.
+    if transfers {
+        let cleaned = tokio::task::spawn_blocking(move || {
+            for dir in [inputs_dir, outputs_dir] {
+                if std::fs::symlink_metadata(&dir).is_ok()
+                    && let Err(e) = std::fs::remove_dir_all(&dir)
+                {
+                    tracing::warn!(path = %dir.display(), error = %e, "could not remove a transfer directory");
+                }
+            }
+        })
+        .await;
+        if let Err(e) = cleaned {
+            tracing::warn!(error = %e, "transfer directory removal panicked");
         }
     }
     result
