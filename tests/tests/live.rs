@@ -497,3 +497,19 @@ async fn losing_redis_slows_replicas_down_but_loses_and_stops_nothing() {
         seqs(&log3)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_that_speaks_neither_protocol_is_refused() {
+    use tokio_tungstenite::tungstenite::{Error, client::IntoClientRequest};
+    let s = Server::start(ServerOptions::new(Backend::Sqlite)).await;
+    let mut req = format!("ws://{}/graphql", s.addr())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "chat".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(Error::Http(res)) => assert_eq!(res.status(), 400),
+        Err(other) => panic!("refused otherwise: {other}"),
+        Ok(_) => panic!("a WebSocket without a GraphQL protocol was accepted"),
+    }
+}
