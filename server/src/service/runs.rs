@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set, TryIntoModel,
 };
 use tracing::instrument;
 
@@ -122,10 +122,8 @@ impl Service {
         let mut fx = Effects::default();
         let run = plan_run_in(&wtx.tx, pipeline, file, input, reuse, None, now, &mut fx).await?;
         self.commit(wtx, now, fx).await?;
-        Ok(run::Entity::find_by_id(run.id.clone())
-            .one(self.store().db())
-            .await?
-            .unwrap_or(run))
+        // As committed: the caller sees the run its trigger made, even if it moved since.
+        Ok(run)
     }
 
     /// Appends the events, commits, then announces what changed.
@@ -425,7 +423,12 @@ pub(crate) async fn plan_run_in(
         finished_at: Set(None),
         no_cache: Set(input.no_cache),
     };
-    let run = model.insert(db).await.map_err(StoreError::from)?;
+    // Every column is set: the row is known without reading it back.
+    run::Entity::insert(model.clone())
+        .exec_without_returning(db)
+        .await
+        .map_err(StoreError::from)?;
+    let run = model.try_into_model().map_err(StoreError::from)?;
     fx.events.push(run_event(
         &run,
         Transition::created(RunState::Queued, "triggered"),
@@ -464,6 +467,11 @@ pub(crate) async fn plan_run_in(
         let run = repo::count_finished(db, &run.id, finished, 0).await?;
         if run.tasks_remaining <= 0 {
             progress::finish_run(db, &run, now, fx).await?;
+            // Finished at once (every task cached or skipped): as that left it.
+            return Ok(run::Entity::find_by_id(run.id.clone())
+                .one(db)
+                .await?
+                .unwrap_or(run));
         }
         run
     } else {
