@@ -294,3 +294,87 @@ jobs:
     let _ = agent.start_kill();
     let _ = agent.wait().await;
 }
+
+/// Only the succeeding attempt's artifacts are the task's: what an earlier attempt of the
+/// task uploaded before it failed is not listed and not handed on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_task_keeps_only_the_artifacts_of_its_succeeding_attempt() {
+    for backend in backends().await {
+        let mut o = ServerOptions::new(backend);
+        o.workers = 0;
+        let s = Server::start(o).await;
+        let p = s
+            .create_pipeline(
+                "retried",
+                "/tmp",
+                "jobs:\n  a:\n    retry: { max-attempts: 2, on: exit, backoff: { initial: 10ms } }\n    steps: [{run: \"true\"}]\n",
+            )
+            .await;
+        let run = s.trigger(&p, "abc").await;
+        let w = s
+            .data(
+                "mutation { registerWorker(input: {name: \"w\", queues: [\"default\"]}) { id } }",
+                json!({}),
+            )
+            .await["registerWorker"]["id"]
+            .clone();
+        let lease = || {
+            s.data(
+                "mutation($w: ID!) { leaseAttempt(worker: $w, queue: \"default\", waitMs: 10000) { leaseToken attempt { id } } }",
+                json!({ "w": w }),
+            )
+        };
+        let complete = "mutation($a: ID!, $t: String!, $k: ErrorKind, $c: Int) { completeAttempt(input: {attempt: $a, leaseToken: $t, errorKind: $k, exitCode: $c}) { state } }";
+
+        let first = lease().await["leaseAttempt"].clone();
+        let (attempt, token) = (
+            first["attempt"]["id"].as_str().unwrap().to_owned(),
+            first["leaseToken"].as_str().unwrap().to_owned(),
+        );
+        let res = reqwest::Client::new()
+            .put(format!(
+                "{}/artifacts?attempt={attempt}&name=first.txt",
+                s.url
+            ))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("x-gantry-lease-token", &token)
+            .body("from the failed attempt")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            res.status().is_success(),
+            "{backend:?}: upload {}",
+            res.status()
+        );
+        let failed = s
+            .data(
+                complete,
+                json!({ "a": attempt, "t": token, "k": "EXIT", "c": 1 }),
+            )
+            .await;
+        assert_eq!(failed["completeAttempt"]["state"], "FAILED", "{backend:?}");
+
+        let second = lease().await["leaseAttempt"].clone();
+        assert_ne!(
+            second["attempt"]["id"], first["attempt"]["id"],
+            "{backend:?}"
+        );
+        let done = s
+            .data(
+                complete,
+                json!({ "a": second["attempt"]["id"], "t": second["leaseToken"] }),
+            )
+            .await;
+        assert_eq!(done["completeAttempt"]["state"], "SUCCEEDED", "{backend:?}");
+
+        let finished = s.wait_run(&run, WAIT).await;
+        assert_eq!(finished["state"], "SUCCEEDED", "{backend:?}: {finished:#}");
+        let a = task(&finished, "a");
+        assert_eq!(
+            artifacts_of(&s, a["id"].as_str().unwrap()).await,
+            Vec::<Value>::new(),
+            "{backend:?}: the failed attempt's upload is not the task's"
+        );
+    }
+}

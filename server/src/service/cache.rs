@@ -405,16 +405,18 @@ fn spec_ttl(t: &task::Model) -> i64 {
 
 /// After task `t` of `run` reached the terminal state `to`, in the same transaction: a
 /// success writes the cache entry; a leader gives up its flight and its waiters go on.
+/// `one_attempt`: the task never had another attempt than the one that settled it.
 #[instrument(skip_all, fields(task_id = %t.id))]
 pub(crate) async fn task_settled(
     db: &impl ConnectionTrait,
     run: &run::Model,
     t: &task::Model,
     to: TaskState,
+    one_attempt: bool,
     now: i64,
     fx: &mut Effects,
 ) -> Result<(), ServiceError> {
-    if to == TaskState::Succeeded {
+    if to == TaskState::Succeeded && !one_attempt {
         // Only the succeeding attempt's artifacts are the task's: an earlier attempt that
         // uploaded and then lost its lease leaves rows that must not be handed on.
         // One statement: without a succeeded attempt the comparison is NULL and

@@ -681,7 +681,7 @@ pub(crate) async fn cancel_in_tx(
             .await?
             .ok_or(ServiceError::not_found("run"))?;
         progress::task_finished(db, &current, &t, TaskState::Cancelled, now, fx).await?;
-        super::cache::task_settled(db, &current, &t, TaskState::Cancelled, now, fx).await?;
+        super::cache::task_settled(db, &current, &t, TaskState::Cancelled, false, now, fx).await?;
     }
     // A run with nothing left to cancel finishes at once.
     let current = run::Entity::find_by_id(run.id.clone())

@@ -881,7 +881,9 @@ pub(crate) async fn after_attempt(
     if repo::cas_task(db, &t.id, task_state, to, now).await? {
         fx.events.push(task_event(&facts, &t.id, tr));
         progress::task_finished(db, &r, &t, to, now, fx).await?;
-        super::cache::task_settled(db, &r, &t, to, now, fx).await?;
+        // A first attempt is the task's only one: no other attempt left artifacts.
+        let one_attempt = a.idx == 1;
+        super::cache::task_settled(db, &r, &t, to, one_attempt, now, fx).await?;
     }
     Ok(())
 }
