@@ -17,7 +17,9 @@ use crate::executor::CollectedArtifact;
 use crate::executor::runner::{
     self, InputArtifact, Job, LinkError, OutputPiece, Report, RunnerConfig, WorkerLink,
 };
-use crate::service::{AttemptOutcome, Caller, LogPiece, Service, ServiceError, WorkerInput};
+use crate::service::{
+    AttemptOutcome, Caller, Completion, LogPiece, Service, ServiceError, WorkerInput,
+};
 
 /// Configuration of the in-process pool.
 #[derive(Debug, Clone)]
@@ -165,8 +167,14 @@ impl WorkerLink for ServiceLink {
                 message: r.message,
             },
         };
+        let completion = Completion {
+            attempt_id: attempt_id.to_owned(),
+            lease_token: lease_token.to_owned(),
+            outcome,
+            last_log: pieces(last),
+        };
         self.service
-            .report_completion(&self.caller, attempt_id, lease_token, outcome, pieces(last))
+            .report_completion(&self.caller, completion)
             .await
             .map_err(link_error)
     }

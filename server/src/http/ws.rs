@@ -6,9 +6,9 @@
 //! one system call (and one TCP segment, and one wake-up of the client) per connection,
 //! not one per message.
 
-use async_graphql::Data;
 use std::str::FromStr;
 
+use async_graphql::Data;
 use async_graphql::http::{WebSocket as GraphQLStream, WebSocketProtocols, WsMessage};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::http::{HeaderMap, header};

@@ -217,7 +217,7 @@ impl Service {
             .from(artifact::Column::TaskId)
             .to(task::Column::Id)
             .into();
-        let found: Vec<(artifact::Model, String)> = artifact::Entity::find()
+        let found = artifact::Entity::find()
             .join(JoinType::InnerJoin, made_by)
             .filter(task::Column::RunId.eq(t.run_id.clone()))
             .filter(task::Column::Name.is_in(needs.clone()))
@@ -225,17 +225,14 @@ impl Service {
             .column_as(task::Column::Name, "upstream")
             .into_model::<WithUpstream>()
             .all(db)
-            .await?
-            .into_iter()
-            .map(|w| (w.artifact, w.upstream))
-            .collect();
+            .await?;
         let mut out = Vec::with_capacity(found.len());
         for name in &needs {
             out.extend(
                 found
                     .iter()
-                    .filter(|(_, upstream)| upstream == name)
-                    .map(|(art, _)| (name.clone(), art.clone())),
+                    .filter(|w| &w.upstream == name)
+                    .map(|w| (name.clone(), w.artifact.clone())),
             );
         }
         Ok(out)

@@ -45,6 +45,7 @@ pub use triggers::{
     DEFAULT_MAX_TRIGGER_DEPTH, TRIGGER_DEPTH, TRIGGER_FAILED, TRIGGER_PIPELINE_NOT_FOUND,
 };
 pub use webhooks::{WebhookOutcome, WebhookRequest};
+pub(crate) use work::Completion;
 pub use work::{AttemptOutcome, HeartbeatReply, LeasedAttempt, LogPiece, WorkerInput};
 
 use crate::clock::SharedClock;

@@ -260,18 +260,14 @@ impl Touches {
             // Workers come and go (agents re-register); forgetting only costs a write.
             map.clear();
         }
-        match (map.get_mut(worker_id), state) {
-            (Some(entry), s) => {
-                if let Some(s) = s {
-                    entry.0 = s.to_owned();
-                }
-                entry.1 = now;
+        if let Some((known, at)) = map.get_mut(worker_id) {
+            if let Some(s) = state {
+                *known = s.to_owned();
             }
-            (None, Some(s)) => {
-                map.insert(worker_id.to_owned(), (s.to_owned(), now));
-            }
-            // State unknown: nothing to compare the next touch with.
-            (None, None) => {}
+            *at = now;
+        } else if let Some(s) = state {
+            // A touch without a state leaves nothing to compare the next one with.
+            map.insert(worker_id.to_owned(), (s.to_owned(), now));
         }
     }
 }

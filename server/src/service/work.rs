@@ -500,10 +500,11 @@ impl Service {
                 data: Set(data.clone()),
                 created_at: Set(now),
             });
+            let at = offset;
             offset += data.len() as i64;
             written.push(LogRecord {
                 attempt_id: a.id.clone(),
-                offset: offset - data.len() as i64,
+                offset: at,
                 stream: p.stream,
                 data,
             });
@@ -528,8 +529,13 @@ impl Service {
     ) -> Result<attempt::Model, ServiceError> {
         caller.require(Scope::Agent)?;
         self.visible_attempt(caller, attempt_id).await?;
-        self.submit_completion(attempt_id, lease_token, outcome, last_log)
-            .await?;
+        let completion = Completion {
+            attempt_id: attempt_id.to_owned(),
+            lease_token: lease_token.to_owned(),
+            outcome,
+            last_log,
+        };
+        self.completions().submit(self, completion).await?;
         attempt::Entity::find_by_id(attempt_id.to_owned())
             .one(self.store().db())
             .await?
@@ -542,34 +548,10 @@ impl Service {
     pub(crate) async fn report_completion(
         &self,
         caller: &Caller,
-        attempt_id: &str,
-        lease_token: &str,
-        outcome: AttemptOutcome,
-        last_log: Vec<LogPiece>,
+        completion: Completion,
     ) -> Result<(), ServiceError> {
         caller.require(Scope::Admin)?;
-        self.submit_completion(attempt_id, lease_token, outcome, last_log)
-            .await
-    }
-
-    async fn submit_completion(
-        &self,
-        attempt_id: &str,
-        lease_token: &str,
-        outcome: AttemptOutcome,
-        last_log: Vec<LogPiece>,
-    ) -> Result<(), ServiceError> {
-        self.completions()
-            .submit(
-                self,
-                Completion {
-                    attempt_id: attempt_id.to_owned(),
-                    lease_token: lease_token.to_owned(),
-                    outcome,
-                    last_log,
-                },
-            )
-            .await
+        self.completions().submit(self, completion).await
     }
 
     /// Applies one reported completion inside the caller's write transaction, adding
