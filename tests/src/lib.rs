@@ -355,6 +355,30 @@ impl Server {
             .to_owned()
     }
 
+    /// Registers a worker of `queue` through the API (as the admin) and returns its id.
+    pub async fn register_worker(&self, name: &str, queue: &str) -> Value {
+        self.data(
+            "mutation($n: String!, $q: String!) { registerWorker(input: {name: $n, queues: [$q]}) { id } }",
+            json!({ "n": name, "q": queue }),
+        )
+        .await["registerWorker"]["id"]
+            .clone()
+    }
+
+    /// Leases one attempt of `queue` for `worker`, waiting up to 5 s for one:
+    /// `(attempt id, lease token)`.
+    pub async fn lease(&self, worker: &Value, queue: &str) -> (Value, Value) {
+        let l = self
+            .data(
+                "mutation($w: ID!, $q: String!) { leaseAttempt(worker: $w, queue: $q, waitMs: 5000) { leaseToken attempt { id } } }",
+                json!({ "w": worker, "q": queue }),
+            )
+            .await["leaseAttempt"]
+            .clone();
+        assert!(l.is_object(), "nothing to lease in {queue}");
+        (l["attempt"]["id"].clone(), l["leaseToken"].clone())
+    }
+
     /// Triggers a run and returns its id.
     pub async fn trigger(&self, pipeline: &str, sha: &str) -> String {
         let d = self

@@ -311,33 +311,18 @@ async fn a_retried_task_keeps_only_the_artifacts_of_its_succeeding_attempt() {
             )
             .await;
         let run = s.trigger(&p, "abc").await;
-        let w = s
-            .data(
-                "mutation { registerWorker(input: {name: \"w\", queues: [\"default\"]}) { id } }",
-                json!({}),
-            )
-            .await["registerWorker"]["id"]
-            .clone();
-        let lease = || {
-            s.data(
-                "mutation($w: ID!) { leaseAttempt(worker: $w, queue: \"default\", waitMs: 10000) { leaseToken attempt { id } } }",
-                json!({ "w": w }),
-            )
-        };
+        let w = s.register_worker("w", "default").await;
         let complete = "mutation($a: ID!, $t: String!, $k: ErrorKind, $c: Int) { completeAttempt(input: {attempt: $a, leaseToken: $t, errorKind: $k, exitCode: $c}) { state } }";
 
-        let first = lease().await["leaseAttempt"].clone();
-        let (attempt, token) = (
-            first["attempt"]["id"].as_str().unwrap().to_owned(),
-            first["leaseToken"].as_str().unwrap().to_owned(),
-        );
+        let (attempt, token) = s.lease(&w, "default").await;
+        let (attempt, token) = (attempt.as_str().unwrap(), token.as_str().unwrap());
         let res = reqwest::Client::new()
             .put(format!(
                 "{}/artifacts?attempt={attempt}&name=first.txt",
                 s.url
             ))
             .bearer_auth(ADMIN_TOKEN)
-            .header("x-gantry-lease-token", &token)
+            .header("x-gantry-lease-token", token)
             .body("from the failed attempt")
             .send()
             .await
@@ -355,16 +340,10 @@ async fn a_retried_task_keeps_only_the_artifacts_of_its_succeeding_attempt() {
             .await;
         assert_eq!(failed["completeAttempt"]["state"], "FAILED", "{backend:?}");
 
-        let second = lease().await["leaseAttempt"].clone();
-        assert_ne!(
-            second["attempt"]["id"], first["attempt"]["id"],
-            "{backend:?}"
-        );
+        let (second, second_token) = s.lease(&w, "default").await;
+        assert_ne!(second, attempt, "{backend:?}");
         let done = s
-            .data(
-                complete,
-                json!({ "a": second["attempt"]["id"], "t": second["leaseToken"] }),
-            )
+            .data(complete, json!({ "a": second, "t": second_token }))
             .await;
         assert_eq!(done["completeAttempt"]["state"], "SUCCEEDED", "{backend:?}");
 

@@ -371,28 +371,6 @@ async fn reason_of(s: &Server, id: &str, name: &str) -> String {
         .to_owned()
 }
 
-async fn register_worker(s: &Server, name: &str, queue: &str) -> Value {
-    s.data(
-        "mutation($n: String!, $q: String!) { registerWorker(input: {name: $n, queues: [$q]}) { id } }",
-        json!({ "n": name, "q": queue }),
-    )
-    .await["registerWorker"]["id"]
-        .clone()
-}
-
-/// Leases one attempt of `queue` for `worker`: `(attempt id, lease token)`.
-async fn lease(s: &Server, worker: &Value, queue: &str) -> (Value, Value) {
-    let l = s
-        .data(
-            "mutation($w: ID!, $q: String!) { leaseAttempt(worker: $w, queue: $q, waitMs: 5000) { leaseToken attempt { id } } }",
-            json!({ "w": worker, "q": queue }),
-        )
-        .await["leaseAttempt"]
-        .clone();
-    assert!(l.is_object(), "nothing to lease in {queue}");
-    (l["attempt"]["id"].clone(), l["leaseToken"].clone())
-}
-
 fn jobs_on(queue: &str, n: usize) -> String {
     let mut y = String::from("jobs:\n");
     for i in 0..n {
@@ -461,8 +439,8 @@ async fn every_waiting_task_says_why() {
             )
             .await;
         let r = s.trigger(&p, "w5").await;
-        let w = register_worker(&s, "flaky-worker", "flaky").await;
-        let (attempt, token) = lease(&s, &w, "flaky").await;
+        let w = s.register_worker("flaky-worker", "flaky").await;
+        let (attempt, token) = s.lease(&w, "flaky").await;
         s.data(
             "mutation($a: ID!, $t: String!) { completeAttempt(input: {attempt: $a, leaseToken: $t, errorKind: EXIT, exitCode: 1}) { state } }",
             json!({ "a": attempt, "t": token }),
@@ -478,8 +456,8 @@ async fn every_waiting_task_says_why() {
         let q = create_tenant(&s, "one-slot", json!({"maxRunning": 1})).await;
         let p = create_pipeline_of(&s, &q, "quota", &jobs_on("quota", 2)).await;
         let r = s.trigger(&p, "w6").await;
-        let w = register_worker(&s, "quota-worker", "quota").await;
-        let (leased, _) = lease(&s, &w, "quota").await;
+        let w = s.register_worker("quota-worker", "quota").await;
+        let (leased, _) = s.lease(&w, "quota").await;
         let run = s.run(&r).await;
         let waiting = run["tasks"]
             .as_array()
@@ -501,8 +479,8 @@ async fn every_waiting_task_says_why() {
         let pb = create_pipeline_of(&s, &busy, "busy", &jobs_on("shared", 3)).await;
         let pn = create_pipeline_of(&s, &newcomer, "newcomer", &jobs_on("shared", 1)).await;
         let rb = s.trigger(&pb, "w7").await;
-        let w = register_worker(&s, "shared-worker", "shared").await;
-        lease(&s, &w, "shared").await;
+        let w = s.register_worker("shared-worker", "shared").await;
+        s.lease(&w, "shared").await;
         let rn = s.trigger(&pn, "w8").await;
         let run = s.run(&rb).await;
         let queued: Vec<String> = run["tasks"]
