@@ -248,6 +248,10 @@ pub struct Metrics {
     pub event_delivery_lag: Family<Histogram>,
     /// Subscribers dropped for falling behind the live buffer.
     pub subscribers_lagged: Family<Counter>,
+    /// Events rendered for WebSocket event subscriptions (once per distinct selection).
+    pub subscription_renders: Family<Counter>,
+    /// Event messages sent to WebSocket event subscriptions.
+    pub subscription_messages: Family<Counter>,
 }
 
 impl Metrics {
@@ -316,6 +320,20 @@ impl Metrics {
                 &[],
                 Counter::default,
             ),
+            subscription_renders: Family::new(
+                "gantry_subscription_renders_total",
+                "Events rendered for WebSocket event subscriptions: once per event and distinct selection, shared by its subscribers.",
+                "counter",
+                &[],
+                Counter::default,
+            ),
+            subscription_messages: Family::new(
+                "gantry_subscription_messages_total",
+                "Event messages sent to WebSocket event subscriptions.",
+                "counter",
+                &[],
+                Counter::default,
+            ),
         }
     }
 
@@ -330,6 +348,8 @@ impl Metrics {
         self.reconciler_actions.render(out);
         self.event_delivery_lag.render(out);
         self.subscribers_lagged.render(out);
+        self.subscription_renders.render(out);
+        self.subscription_messages.render(out);
     }
 }
 

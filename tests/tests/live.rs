@@ -137,6 +137,73 @@ async fn a_runs_whole_life_arrives_in_order_and_after_resumes_with_exactly_the_m
     }
 }
 
+/// A counter of the server's `GET /metrics`.
+async fn counter(s: &Server, name: &str) -> f64 {
+    let text = s.get("/metrics").await.text().await.expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .parse()
+        .expect("a number")
+}
+
+fn keys(event: &Value) -> Vec<&str> {
+    let mut k: Vec<&str> = event
+        .as_object()
+        .expect("an event object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    k.sort_unstable();
+    k
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscribers_of_one_selection_share_one_rendering_of_each_event() {
+    let s = Server::start(ServerOptions::new(Backend::Sqlite)).await;
+    let p = s.create_pipeline("fan", "/src/app", FAN_OUT).await;
+    let run = s.trigger(&p, "abc123").await;
+    // Three subscribers select the same fields (over either protocol); a fourth selects
+    // others, under an alias.
+    let mut same = Vec::new();
+    for protocol in ["graphql-transport-ws", "graphql-ws", "graphql-transport-ws"] {
+        same.push(Subscription::open(&s, protocol, RUN_EVENTS, json!({ "r": run })).await);
+    }
+    let other = "subscription($r: ID!) { runEvents(run: $r) { seq when: at } }";
+    let mut different =
+        Subscription::open(&s, "graphql-transport-ws", other, json!({ "r": run })).await;
+
+    let mut got = Vec::new();
+    for sub in &mut same {
+        got.push(drain(sub, "runEvents").await);
+    }
+    let got_other = drain(&mut different, "runEvents").await;
+    let log = logged(&s, &run).await;
+    for events in &got {
+        assert_eq!(seqs(events), seqs(&log));
+        for e in events {
+            assert_eq!(
+                keys(e),
+                ["entity", "entityId", "from", "reason", "seq", "to"]
+            );
+        }
+    }
+    assert_eq!(seqs(&got_other), seqs(&log));
+    for e in &got_other {
+        assert_eq!(keys(e), ["seq", "when"]);
+    }
+    // Each event rendered once per selection, and sent to each subscriber.
+    let n = log.len() as f64;
+    assert_eq!(
+        counter(&s, "gantry_subscription_renders_total").await,
+        2.0 * n
+    );
+    assert_eq!(
+        counter(&s, "gantry_subscription_messages_total").await,
+        4.0 * n
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn resuming_while_the_run_is_live_has_no_gap_and_no_duplicate() {
     for backend in backends().await {

@@ -25,6 +25,19 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) a process has used so far, in milliseconds.
+fn cpu_ms(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are the 14th and 15th fields, in clock ticks of 10 ms.
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 10
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -104,6 +117,7 @@ async fn thousand_subscribers_on_one_run_of_a_hundred_jobs() {
     let after = rss_kb(pid);
     let per_sub = (after.saturating_sub(before)) as f64 / SUBSCRIBERS as f64;
 
+    let cpu_before = (cpu_ms(&pid.to_string()), cpu_ms("self"));
     std::fs::write(&gate_file, b"").unwrap();
     let mut tasks = Vec::new();
     for mut sub in subs {
@@ -132,17 +146,23 @@ async fn thousand_subscribers_on_one_run_of_a_hundred_jobs() {
     for t in tasks {
         all.extend(t.await.unwrap());
     }
+    let cpu = (
+        cpu_ms(&pid.to_string()) - cpu_before.0,
+        cpu_ms("self") - cpu_before.1,
+    );
     all.sort_unstable();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
     println!(
-        "live bench: {SUBSCRIBERS} subscribers, step {step:?}, {} deliveries; commit→delivery p50 {} ms, p99 {} ms, max {} ms; server RSS {} KB → {} KB, {:.1} KB per idle subscription",
+        "live bench: {SUBSCRIBERS} subscribers, step {step:?}, {} deliveries; commit→delivery p50 {} ms, p99 {} ms, max {} ms; server RSS {} KB → {} KB, {:.1} KB per idle subscription; CPU from the gate's opening: server {} ms, client {} ms",
         all.len(),
         pct(0.50),
         pct(0.99),
         all.last().unwrap(),
         before,
         after,
-        per_sub
+        per_sub,
+        cpu.0,
+        cpu.1
     );
 }
 

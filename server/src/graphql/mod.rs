@@ -9,6 +9,7 @@ mod metrics;
 mod mutation;
 mod query;
 mod security;
+pub(crate) mod shared;
 mod subscription;
 mod types;
 
@@ -33,7 +34,8 @@ pub fn build_schema(service: Option<Service>) -> GantrySchema {
     let mut builder = Schema::build(Query, Mutation, Subscription)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
-        .extension(metrics::OperationMetrics);
+        .extension(metrics::OperationMetrics)
+        .data(shared::Renders::default());
     if let Some(service) = service {
         builder = builder.data(service);
     }

@@ -1,17 +1,18 @@
 //! Subscriptions: a run's events and filtered events of every run (replayed from `after`,
 //! then live), an attempt's log, and a queue's depth.
 //!
-//! Replay and live are joined without a gap or a duplicate: the live feed is subscribed
-//! before the log is read, and live events at or below the last replayed `seq` are
-//! dropped.
+//! Replay and live are joined without a gap or a duplicate (see `shared::Source`); over
+//! WebSocket, event subscriptions are rendered once for all their subscribers (see
+//! `shared`).
 
 use async_graphql::{Context, ID, Subscription};
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::shared::{self, Source};
 use super::types::{Event, LogChunk, parse_seq};
 use super::{caller, gql, service};
-use crate::domain::{Entity, RunState};
+use crate::domain::Entity;
 use crate::service::ServiceError;
 
 #[derive(Default)]
@@ -28,14 +29,6 @@ fn live_chunk(l: &crate::events::LogRecord) -> LogChunk {
     })
 }
 
-fn is_run_end(e: &crate::domain::EventRecord) -> bool {
-    e.entity == Entity::Run
-        && e.to
-            .parse::<RunState>()
-            .map(|s| s.is_terminal())
-            .unwrap_or(false)
-}
-
 #[Subscription]
 impl Subscription {
     /// Every event of a run after `after` (a seq): first those already in the log, then
@@ -45,45 +38,19 @@ impl Subscription {
         ctx: &Context<'_>,
         run: ID,
         after: Option<String>,
-    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Event>>> {
-        let s = service(ctx)?.clone();
-        let c = caller(ctx)?.clone();
-        let mut last = parse_seq(after.as_deref())?;
-        s.run(&c, &run).await.map_err(gql)?;
-        let run_id = run.0;
-        let mut live = s.bus().subscribe();
-        Ok(async_stream::stream! {
-            loop {
-                let batch = match s.events_of_run(&run_id, last, 1000).await {
-                    Ok(b) => b,
-                    Err(e) => { yield Err(gql(e)); return; }
-                };
-                let done = batch.len() < 1000;
-                for e in batch {
-                    last = e.seq;
-                    let end = is_run_end(&e);
-                    yield Ok(Event(e));
-                    if end { return; }
-                }
-                if done { break; }
-            }
-            loop {
-                match live.recv().await {
-                    Ok(e) if e.run_id == run_id && e.seq > last => {
-                        last = e.seq;
-                        let end = is_run_end(&e);
-                        yield Ok(Event((*e).clone()));
-                        if end { return; }
-                    }
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(_)) => {
-                        yield Err(super::live::lagged(last));
-                        return;
-                    }
-                    Err(RecvError::Closed) => return,
-                }
-            }
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Event>> + use<>> {
+        let s = service(ctx)?;
+        let c = caller(ctx)?;
+        shared::events(ctx, c, async {
+            let after = parse_seq(after.as_deref())?;
+            s.run(c, &run).await.map_err(gql)?;
+            Ok(Source::Run {
+                service: s.clone(),
+                run: run.0,
+                after,
+            })
         })
+        .await
     }
 
     /// An attempt's log from byte `fromOffset`: what was written before, then live output.
@@ -176,25 +143,23 @@ impl Subscription {
         ctx: &Context<'_>,
         filter: Option<super::query::EventFilterInput>,
         after: Option<String>,
-    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Event>>> {
-        let s = service(ctx)?.clone();
-        let c = caller(ctx)?.clone();
-        c.require(crate::service::Scope::Read).map_err(gql)?;
-        let after = match after {
-            Some(a) => Some(parse_seq(Some(&a))?),
-            None => None,
-        };
-        let mut feed = super::live::Feed::new(s, c, filter.unwrap_or_default().into(), after);
-        Ok(async_stream::stream! {
-            loop {
-                match feed.next().await {
-                    Ok(super::live::Next::Event(e)) => yield Ok(Event((*e).clone())),
-                    Ok(super::live::Next::Lagged) => { yield Err(super::live::lagged(feed.last)); return; }
-                    Ok(super::live::Next::Closed) => return,
-                    Err(e) => { yield Err(gql(e)); return; }
-                }
-            }
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Event>> + use<>> {
+        let s = service(ctx)?;
+        let c = caller(ctx)?;
+        shared::events(ctx, c, async {
+            c.require(crate::service::Scope::Read).map_err(gql)?;
+            let after = match after {
+                Some(a) => Some(parse_seq(Some(&a))?),
+                None => None,
+            };
+            Ok(Source::Events {
+                service: s.clone(),
+                caller: c.clone(),
+                filter: filter.unwrap_or_default().into(),
+                after,
+            })
         })
+        .await
     }
 
     /// A queue's load, one second at a time: the last finished second at once, then each
