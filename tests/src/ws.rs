@@ -272,6 +272,32 @@ impl Subscription {
         tokio::time::timeout(within, read).await.ok()
     }
 
+    /// Sends a protocol message as it is (`subscribe` with another id, `complete`, …).
+    pub async fn send(&mut self, message: Value) {
+        self.ws
+            .send(Message::text(message.to_string()))
+            .await
+            .expect("send message");
+    }
+
+    /// The next protocol message, whole (with its `id` and `type`), or None when the
+    /// socket closed or nothing came within `within`.
+    pub async fn next_message(&mut self, within: Duration) -> Option<Value> {
+        let read = async {
+            while let Some(msg) = self.ws.next().await {
+                match msg {
+                    Ok(Message::Text(text)) => {
+                        return Some(serde_json::from_str(&text).expect("json message"));
+                    }
+                    Ok(_) => continue,
+                    Err(_) => return None,
+                }
+            }
+            None
+        };
+        tokio::time::timeout(within, read).await.ok().flatten()
+    }
+
     /// The text of the next message, unparsed, or None when the socket closed or nothing
     /// came within `within`. For a benchmark client, whose decoding shares the machine's
     /// cores with the server it measures.

@@ -205,6 +205,60 @@ async fn subscribers_of_one_selection_share_one_rendering_of_each_event() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_the_client_completes_stops_while_its_connection_goes_on() {
+    let s = Server::start(ServerOptions::new(Backend::Sqlite)).await;
+    let p = s.create_pipeline("fan", "/src/app", FAN_OUT).await;
+    let mut conn = Subscription::open(
+        &s,
+        "graphql-transport-ws",
+        "subscription($a: String) { events(after: $a) { seq run } }",
+        json!({ "a": "0" }),
+    )
+    .await;
+    let first = s.trigger(&p, "abc123").await;
+    let m = conn.next_message(WITHIN).await.expect("an event");
+    assert_eq!(
+        (m["type"].as_str(), m["id"].as_str()),
+        (Some("next"), Some("1"))
+    );
+    assert_eq!(m["payload"]["data"]["events"]["run"], first.as_str());
+
+    conn.send(json!({ "id": "1", "type": "complete" })).await;
+    // Then a second subscription on the same connection follows a second run to its end.
+    conn.send(json!({
+        "id": "2",
+        "type": "subscribe",
+        "payload": {
+            "query": "subscription($r: ID!) { runEvents(run: $r) { seq } }",
+            "variables": { "r": s.trigger(&p, "def456").await }
+        }
+    }))
+    .await;
+    let mut completed = Vec::new();
+    loop {
+        let m = conn
+            .next_message(WITHIN)
+            .await
+            .expect("messages until run 2 ends");
+        match (m["type"].as_str(), m["id"].as_str()) {
+            (Some("complete"), Some(id)) => {
+                completed.push(id.to_owned());
+                if id == "2" {
+                    break;
+                }
+            }
+            (Some("next"), Some("2")) => {}
+            // Events that were on their way before the server read `complete`.
+            (Some("next"), Some("1")) => {
+                assert!(completed.is_empty(), "an event after `complete`: {m}");
+            }
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    assert_eq!(completed, ["1", "2"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn resuming_while_the_run_is_live_has_no_gap_and_no_duplicate() {
     for backend in backends().await {
         let s = Server::start(ServerOptions::new(backend)).await;
