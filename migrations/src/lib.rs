@@ -15,6 +15,7 @@ mod m20261128_000007_schedules;
 mod m20261129_000008_triggers;
 mod m20261129_000009_load;
 mod m20261129_000010_claim_indexes;
+mod m20261129_000011_claim_order;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000008_triggers::Migration),
             Box::new(m20261129_000009_load::Migration),
             Box::new(m20261129_000010_claim_indexes::Migration),
+            Box::new(m20261129_000011_claim_order::Migration),
         ]
     }
 }
