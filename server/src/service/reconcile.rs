@@ -39,7 +39,7 @@ impl Service {
     pub async fn acquire_lease(&self, name: &str, ttl_ms: i64) -> Result<bool, ServiceError> {
         let db = self.store().db();
         let now = self.now_ms();
-        let renewed = lease::Entity::update_many()
+        let renew = lease::Entity::update_many()
             .col_expr(lease::Column::Holder, Expr::value(self.node()))
             .col_expr(lease::Column::ExpiresAt, Expr::value(now + ttl_ms))
             .filter(lease::Column::Name.eq(name))
@@ -47,9 +47,8 @@ impl Service {
                 sea_orm::Condition::any()
                     .add(lease::Column::Holder.eq(self.node()))
                     .add(lease::Column::ExpiresAt.lt(now)),
-            )
-            .exec(db)
-            .await?;
+            );
+        let renewed = self.store().in_turn(renew.exec(db)).await?;
         if renewed.rows_affected == 1 {
             return Ok(true);
         }
@@ -99,7 +98,7 @@ impl Service {
         if let Some(state) = state {
             update = update.col_expr(worker::Column::State, Expr::value(state));
         }
-        update.exec(self.store().db()).await?;
+        self.store().in_turn(update.exec(self.store().db())).await?;
         self.touches().written(worker_id, state, now);
         Ok(())
     }
@@ -160,9 +159,8 @@ impl Service {
         let silent = worker::Entity::update_many()
             .col_expr(worker::Column::State, Expr::value("lost"))
             .filter(worker::Column::State.ne("lost"))
-            .filter(worker::Column::LastHeartbeatAt.lt(now - lost_after_ms))
-            .exec(db)
-            .await?;
+            .filter(worker::Column::LastHeartbeatAt.lt(now - lost_after_ms));
+        let silent = self.store().in_turn(silent.exec(db)).await?;
         done.lost_workers = silent.rows_affected as usize;
 
         // Runs whose tasks are all finished but which were left open (a cancel waiting

@@ -159,6 +159,17 @@ impl Store {
         self.db.get_database_backend()
     }
 
+    /// Runs `write` (one statement outside a transaction) in turn with the write
+    /// transactions: on SQLite it then waits in the process's queue, not in SQLite's busy
+    /// handler, which sleeps in steps of up to 100 ms while the writer is taken.
+    pub async fn in_turn<T>(&self, write: impl Future<Output = T>) -> T {
+        let _guard = match &self.write_lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        write.await
+    }
+
     /// Begins a write transaction.
     pub async fn write(&self) -> Result<WriteTx<'_>, StoreError> {
         let guard = match &self.write_lock {
