@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Entity;
+use super::{Entity, RunState};
 
 /// A committed event. `seq` is global and increases in commit order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,4 +20,11 @@ pub struct EventRecord {
     pub reason: String,
     pub node: String,
     pub details: Option<serde_json::Value>,
+}
+
+impl EventRecord {
+    /// Whether this event is its run's last: the run entered a terminal state.
+    pub fn ends_run(&self) -> bool {
+        self.entity == Entity::Run && self.to.parse::<RunState>().is_ok_and(|s| s.is_terminal())
+    }
 }

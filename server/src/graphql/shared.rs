@@ -22,7 +22,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::types::Event;
 use super::{GantrySchema, gql, live};
-use crate::domain::{Entity, EventRecord, RunState};
+use crate::domain::EventRecord;
 use crate::service::{Caller, EventFilter, Service};
 
 /// One item of an event subscription: an event, or the error that ends it.
@@ -43,14 +43,6 @@ pub(crate) enum Source {
         filter: EventFilter,
         after: Option<i64>,
     },
-}
-
-fn is_run_end(e: &EventRecord) -> bool {
-    e.entity == Entity::Run
-        && e.to
-            .parse::<RunState>()
-            .map(|s| s.is_terminal())
-            .unwrap_or(false)
 }
 
 impl Source {
@@ -75,7 +67,7 @@ impl Source {
                         let done = batch.len() < 1000;
                         for e in batch {
                             last = e.seq;
-                            let end = is_run_end(&e);
+                            let end = e.ends_run();
                             yield Ok(Arc::new(e));
                             if end { return; }
                         }
@@ -85,7 +77,7 @@ impl Source {
                         match live.recv().await {
                             Ok(e) if e.run_id == run && e.seq > last => {
                                 last = e.seq;
-                                let end = is_run_end(&e);
+                                let end = e.ends_run();
                                 yield Ok(e);
                                 if end { return; }
                             }

@@ -16,7 +16,6 @@ use futures::Stream;
 use serde::Deserialize;
 
 use super::{AppState, authenticate, bearer};
-use crate::domain::{Entity, RunState};
 use crate::graphql::live::{Feed, Next};
 use crate::service::{EventFilter, ServiceError, event_json};
 
@@ -103,8 +102,7 @@ fn stream(mut feed: Feed, single_run: bool) -> impl Stream<Item = Result<SseEven
         loop {
             match feed.next().await {
                 Ok(Next::Event(e)) => {
-                    let end = single_run && e.entity == Entity::Run
-                        && e.to.parse::<RunState>().map(|s| s.is_terminal()).unwrap_or(false);
+                    let end = single_run && e.ends_run();
                     yield Ok(SseEvent::default()
                         .id(e.seq.to_string())
                         .event("event")
